@@ -1,0 +1,1 @@
+"""DICOM in and out for TotalRegistrator Node (no torch, no network)."""

@@ -1,0 +1,1 @@
+"""TotalRegistrator Node: the PACS processing node (receive, route, find priors, register, send)."""

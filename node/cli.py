@@ -1,0 +1,60 @@
+"""`totalreg` command line: one sub-command per module in :mod:`node.commands`.
+
+Each sub-command module exposes ``add_parser(subparsers)`` and ``run(args) -> int``. Errors that a user can fix
+(unreadable files, bad configuration, non-overlapping scans) are printed as one plain line, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+#: sub-command name -> module under node.commands
+COMMANDS = ("register", "serve", "demo", "train", "worker", "rules")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every available sub-command registered."""
+    parser = argparse.ArgumentParser(
+        prog="totalreg",
+        description="TotalRegistrator Node: register a patient's prior CT to the current CT and return DICOM results.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"node.commands.{name}")
+        except ModuleNotFoundError as exc:  # a command not built yet
+            if exc.name == f"node.commands.{name}":
+                continue
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``totalreg`` console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # user-facing errors carry a plain message
+        if getattr(exc, "user_message", None) or exc.__class__.__name__.endswith("InputError") or \
+                exc.__class__.__name__.endswith("ConfigError"):
+            print(f"totalreg: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

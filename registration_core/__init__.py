@@ -1,0 +1,1 @@
+"""TotalRegistrator registration engine: images in, transform out (no DICOM)."""

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The project's test command: installs everything (scripts/install.sh), makes sure PostgreSQL runs, then runs pytest.
+# Extra arguments go to pytest (e.g. `bash scripts/test.sh -m slow`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+bash scripts/ensure_postgres.sh
+export TOTALREG_TEST_PG="${TOTALREG_TEST_PG:-postgresql://postgres@127.0.0.1:5432/test}"
+set +e
+python3 -m pytest "$@"
+rc=$?
+set -e
+# pytest exits 5 when no test was selected; that is a failure of the suite, not a pass.
+exit $rc
