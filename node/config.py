@@ -1,0 +1,406 @@
+"""The node's configuration: one YAML file (``node.yaml``) validated with pydantic.
+
+Every key has a default, so an empty file (or none) runs an embedded node: SQLite under ``./var``, DICOM port 11112,
+results written to a local folder. Validation errors name the file, the line and the key path, e.g.::
+
+    node.yaml line 14 (rules[0].match.SliceThickness): unknown key; allowed keys are Modality, BodyPartExamined, ...
+
+Routing rules live in the same file under ``rules:``; their models are in this module so that the console, the
+dry-run and the worker all validate them the same way.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator, ValidationInfo
+
+Output = Literal["dsr", "rigid_reg", "registered_series", "subtraction"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem a person can fix; the message names the file, line and key."""
+
+    user_message = True
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class TlsSettings(_Strict):
+    """DICOM TLS for the listener (and, with ``use_for_clients``, for outgoing associations)."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None  # when set, peers must present a certificate signed by this CA
+    require_client_cert: bool = False
+
+
+class NodeSettings(_Strict):
+    """The DICOM listener and local storage."""
+
+    ae_title: str = "TOTALREG"
+    host: str = "0.0.0.0"
+    port: int = Field(11112, ge=1, le=65535)
+    data_dir: Path = Path("./var")
+    database: str | None = None  # default: sqlite:///<data_dir>/node.db
+    allowed_callers: list[str] = Field(default_factory=list)  # empty: any calling AE title is accepted
+    max_associations: int = Field(16, ge=1, le=256)
+    acse_timeout_s: float = 30.0
+    dimse_timeout_s: float = 60.0
+    network_timeout_s: float = 60.0
+    fsync: bool = True
+    min_free_disk_mb: int = Field(512, ge=0)  # below this the listener answers C-STORE with 0xA700 (out of resources)
+    tls: TlsSettings | None = None
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title(cls, v: str) -> str:
+        if not (1 <= len(v) <= 16) or "\\" in v or not v.strip():
+            raise ValueError("an AE title is 1 to 16 characters, no backslash")
+        return v
+
+    def database_url(self) -> str:
+        """SQLAlchemy URL of the node database (SQLite under data_dir unless configured)."""
+        return self.database or f"sqlite:///{(self.data_dir / 'node.db').as_posix()}"
+
+
+class CompletionSettings(_Strict):
+    """When a received study counts as complete, and what happens to instances that arrive later."""
+
+    quiet_seconds: float = Field(60.0, ge=0)
+    max_wait_seconds: float = Field(5400.0, ge=0)  # force completion of a study that never goes quiet
+    late_instances: Literal["follow_up", "ignore"] = "follow_up"
+
+
+class PacsConfig(_Strict):
+    """A PACS the node queries for priors (C-FIND, study root) and retrieves from (C-MOVE to the node, or C-GET)."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    retrieve: Literal["move", "get"] = "move"
+    move_destination: str | None = None  # AE title the PACS knows the node by; default: node.ae_title
+    timeout_s: float = Field(600.0, gt=0)
+
+
+class DestinationConfig(_Strict):
+    """Where results go: a DICOM AE (C-STORE), a DICOMweb server (STOW-RS), Orthanc's REST API, or a folder."""
+
+    name: str
+    kind: Literal["dicom", "dicomweb", "orthanc", "folder"] = "dicom"
+    ae_title: str | None = None
+    host: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)
+    url: str | None = None
+    username: str | None = None
+    password: str | None = None
+    path: Path | None = None
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> "DestinationConfig":
+        need = {"dicom": ("ae_title", "host", "port"), "dicomweb": ("url",), "orthanc": ("url",),
+                "folder": ("path",)}[self.kind]
+        missing = [k for k in need if getattr(self, k) in (None, "")]
+        if missing:
+            raise ValueError(f"a {self.kind} destination needs {', '.join(missing)}")
+        return self
+
+
+class RetrySettings(_Strict):
+    """Retries with exponential back-off; after max_attempts the item is 'dead' (re-sendable by an admin)."""
+
+    max_attempts: int = Field(5, ge=1)
+    backoff_s: float = Field(30.0, ge=0)
+    backoff_factor: float = Field(2.0, ge=1)
+    max_backoff_s: float = Field(3600.0, ge=0)
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt`` (1-based)."""
+        return min(self.max_backoff_s, self.backoff_s * self.backoff_factor ** max(0, attempt - 1))
+
+
+class JobSettings(_Strict):
+    """The persistent job queue and its workers."""
+
+    workers: int = Field(1, ge=0)  # worker threads started by `totalreg serve` (0: only external `totalreg worker`)
+    lease_s: float = Field(900.0, gt=0)  # a running job whose worker stops renewing its lease is re-queued
+    retry: RetrySettings = Field(default_factory=lambda: RetrySettings(max_attempts=3, backoff_s=60.0))
+
+
+class SliceThicknessRange(_Strict):
+    min: float | None = Field(None, ge=0)
+    max: float | None = Field(None, ge=0)
+
+
+class RuleMatch(_Strict):
+    """Which studies a rule takes. Every given criterion must hold; strings compare case-insensitively."""
+
+    Modality: str | None = "CT"
+    BodyPartExamined: list[str] | str | None = None
+    StudyDescription: str | None = None  # regular expression (search)
+    SeriesDescription: str | None = None  # regular expression; some series must match
+    calling_ae: list[str] | str | None = None
+    slice_thickness_mm: SliceThicknessRange | None = None
+    min_slices: int | None = Field(None, ge=1)
+
+    @field_validator("StudyDescription", "SeriesDescription")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return v
+
+
+class PriorSpec(_Strict):
+    """How the prior is chosen: same PatientID (and IssuerOfPatientID), an earlier study, within max_age_days."""
+
+    max_age_days: int = Field(3650, ge=1)
+    min_age_days: int = Field(0, ge=0)
+    pick: Literal["most_recent", "all_within"] = "most_recent"
+    within_days: int | None = Field(None, ge=1)  # for pick: all_within
+    search_pacs: bool = True  # ask the configured PACS when no prior was received
+
+    @model_validator(mode="after")
+    def _within(self) -> "PriorSpec":
+        if self.pick == "all_within" and self.within_days is None:
+            raise ValueError("pick: all_within needs within_days")
+        return self
+
+
+class RegistrationSettings(_Strict):
+    """Engine settings a rule may override."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    iterations: int | None = Field(None, ge=0)
+    weights: Path | None = None
+    dsr_grid_spacing_mm: float = Field(3.0, gt=0)
+
+
+class Rule(_Strict):
+    """A routing rule: which studies, which prior, which outputs, where to send them."""
+
+    name: str
+    enabled: bool = True
+    match: RuleMatch = Field(default_factory=RuleMatch)
+    prior: PriorSpec = Field(default_factory=PriorSpec)
+    outputs: list[Output] = Field(default_factory=lambda: ["dsr", "rigid_reg", "registered_series"])
+    send_to: list[str] = Field(default_factory=list)
+    registration: RegistrationSettings = Field(default_factory=RegistrationSettings)
+
+    @field_validator("outputs")
+    @classmethod
+    def _outputs(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one output")
+        return v
+
+
+class WebSettings(_Strict):
+    """The web console and REST API."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    secret_key: str | None = None  # default: generated once and kept in data_dir/secret_key
+    admin_user: str = "admin"
+    admin_password: str | None = None  # default: generated once, printed at first start, kept in data_dir
+
+
+class LoggingSettings(_Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    phi_in_logs: bool = False  # patient names and IDs are logged only when true (and only at DEBUG)
+
+
+class QcThresholds(_Strict):
+    """QC numbers beyond which a job is flagged 'suspicious' for a person to check."""
+
+    max_folding_percent: float = 0.5
+    max_sdlogj: float = 0.25
+    min_similarity_gain: float = 0.0
+
+
+def _default_destinations() -> list[DestinationConfig]:
+    return [DestinationConfig(name="local", kind="folder", path=Path("./var/results"))]
+
+
+def _default_rules() -> list[Rule]:
+    return [Rule(name="ct-followup", send_to=["local"])]
+
+
+class NodeConfig(_Strict):
+    """The whole ``node.yaml``."""
+
+    node: NodeSettings = Field(default_factory=NodeSettings)
+    completion: CompletionSettings = Field(default_factory=CompletionSettings)
+    pacs: list[PacsConfig] = Field(default_factory=list)
+    destinations: list[DestinationConfig] = Field(default_factory=_default_destinations)
+    send_retry: RetrySettings = Field(default_factory=RetrySettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
+    rules: list[Rule] = Field(default_factory=_default_rules)
+    web: WebSettings = Field(default_factory=WebSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    qc: QcThresholds = Field(default_factory=QcThresholds)
+
+    @model_validator(mode="after")
+    def _references(self, info: ValidationInfo) -> "NodeConfig":
+        if info.context and info.context.get("defer_references"):
+            return self
+        problems = self.reference_problems()
+        if problems:
+            raise ValueError(problems[0][1])
+        return self
+
+    def reference_problems(self) -> list[tuple[tuple[Any, ...], str]]:
+        """Cross-references that do not resolve, as (key path, message): duplicate names, unknown send_to."""
+        out: list[tuple[tuple[Any, ...], str]] = []
+        for what, items in (("pacs", self.pacs), ("destinations", self.destinations), ("rules", self.rules)):
+            names = [i.name for i in items]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                out.append(((what,), f"duplicate name {', '.join(dup)}"))
+        known = {d.name for d in self.destinations}
+        for i, rule in enumerate(self.rules):
+            for j, name in enumerate(rule.send_to):
+                if name not in known:
+                    out.append((("rules", i, "send_to", j),
+                                f"rule '{rule.name}' sends to '{name}', which is not a destination "
+                                f"(known: {', '.join(sorted(known)) or 'none'})"))
+        return out
+
+    def destination(self, name: str) -> DestinationConfig:
+        """The destination called ``name`` (KeyError if none)."""
+        for d in self.destinations:
+            if d.name == name:
+                return d
+        raise KeyError(name)
+
+
+# --------------------------------------------------------------------------------------------------------- loading
+
+def _node_at(root: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
+    """The YAML node at a pydantic error location (keys and list indices), or the deepest one found."""
+    node = root
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = None
+            for key_node, value_node in node.value:
+                if key_node.value == part:
+                    nxt = value_node
+                    break
+            if nxt is None:
+                return node
+            node = nxt
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            return node
+    return node
+
+
+def _key_node(root: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
+    """For an 'extra key' error the key node itself carries the best line number."""
+    parent = _node_at(root, loc[:-1])
+    if isinstance(parent, yaml.MappingNode):
+        for key_node, _ in parent.value:
+            if key_node.value == loc[-1]:
+                return key_node
+    return None
+
+
+def _loc_text(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _format_errors(exc: ValidationError, root: yaml.Node | None, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        node = _key_node(root, loc) if err["type"] == "extra_forbidden" else _node_at(root, loc)
+        where = f"{source} line {node.start_mark.line + 1}" if node is not None else source
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{where} ({_loc_text(loc)}): {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(text: str, source: str = "node.yaml") -> NodeConfig:
+    """Parse and validate YAML text; raise ConfigError naming the line and key of every problem."""
+    try:
+        root = yaml.compose(text) if text.strip() else None
+        data = yaml.safe_load(text) if text.strip() else {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source} line {mark.line + 1}" if mark else source
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections (node, rules, ...)")
+    try:
+        cfg = NodeConfig.model_validate(data, context={"defer_references": True})
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, root, source)) from None
+    problems = cfg.reference_problems()
+    if problems:
+        lines = []
+        for loc, msg in problems:
+            node = _node_at(root, loc)
+            where = f"{source} line {node.start_mark.line + 1}" if node is not None else source
+            lines.append(f"{where} ({_loc_text(loc)}): {msg}")
+        raise ConfigError("\n".join(lines))
+    return cfg
+
+
+def parse_rules(text: str, source: str = "rules") -> list[Rule]:
+    """Validate a YAML list of rules (as edited in the console); ConfigError names line and key."""
+    try:
+        root = yaml.compose(text) if text.strip() else None
+        data = yaml.safe_load(text) if text.strip() else []
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source} line {mark.line + 1}" if mark else source
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        data = []
+    if not isinstance(data, list):
+        raise ConfigError(f"{source} line 1: rules must be a list (each item starts with '- name: ...')")
+    errors: list[str] = []
+    rules: list[Rule] = []
+    for i, item in enumerate(data):
+        try:
+            rules.append(Rule.model_validate(item))
+        except ValidationError as exc:
+            msg = _format_errors(exc, root.value[i] if isinstance(root, yaml.SequenceNode) else None, source)
+            errors.extend(line.replace("(", f"(rules[{i}].", 1) for line in msg.splitlines())
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return rules
+
+
+def load_config(path: str | Path | None) -> NodeConfig:
+    """Load ``node.yaml`` (None: embedded defaults). Relative paths stay relative to the working directory."""
+    if path is None:
+        return NodeConfig()
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration {p}: {exc.strerror or exc}") from None
+    return parse_config(text, source=p.name)
+
+
+def dump_config(cfg: NodeConfig) -> str:
+    """The configuration as YAML (defaults included), for `totalreg config --show` and the console."""
+    return yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), sort_keys=False)
