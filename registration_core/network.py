@@ -1,0 +1,146 @@
+"""TotalRegistrator network: a small 3D UNet whose deformation is decomposed into anatomical region sub-fields.
+
+Forward signature (keep it stable; ``train.py`` codes against it)::
+
+    disp, weights, subfields = net(fixed, moving)
+
+- ``fixed``, ``moving``: float tensors [B, 1, D, H, W] on the SAME isotropic axis-aligned grid (the moving image
+  already affinely resampled onto the fixed grid), intensities normalised to [0, 1] (HU window -1000..1000,
+  :func:`registration_core.preprocess.normalise`). Any D, H, W (padded internally to a multiple of 8). The engine
+  feeds 4 mm grids.
+- ``disp``: [B, 3, D, H, W] displacement in VOXELS of the input grid, channels ordered (x, y, z) = along the
+  W, H, D tensor axes (= L, P, S for the engine's LPS grids). Fixed voxel v corresponds to moving voxel v + disp(v)
+  (multiply by the voxel spacing for mm).
+- ``weights``: [B, K, D, H, W] soft region weights (softmax over K regions, sum to 1 per voxel).
+- ``subfields``: [B, K, 3, D, H, W] stationary velocity fields (voxels, channel order as disp), one per region.
+
+Design and why:
+- Regions (default K=4: lungs/thorax, abdominal organs, bones, remaining soft tissue) move differently: lungs
+  slide along the chest wall, bones move rigidly, bowel moves freely. One smooth field must blur across these
+  interfaces; K sub-fields each stay smooth inside their own region and the network decides per voxel which
+  region's motion applies. Region logits go through a softmax, so no segmentation is needed at inference (the
+  weights can be supervised with TotalSegmentator masks during training).
+- Combination is in the log domain: v = sum_k w_k v_k, integrated by scaling and squaring (``int_steps``).
+  The exponential of a smooth velocity is diffeomorphic (no folding) even where weights switch sharply,
+  which summing displacements would not guarantee; it is also what log-Euclidean polyaffine fusion does.
+- Small and fast: channels (16, 32, 64, 64), first convolution strided, so the heavy layers run at 8-32 mm when
+  the engine feeds 4 mm inputs; ~0.6 M parameters (2.5 MB float32). The heads are zero-initialised: an untrained
+  network outputs exactly zero displacement and uniform weights, so an untrained or missing checkpoint never
+  harms the result (instance optimisation then registers alone).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import RegistrationInputError
+
+#: default checkpoint location (absent until a trained model is shipped)
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "totalreg_v1.safetensors"
+REGION_NAMES = ("lungs_thorax", "abdominal_organs", "bones", "soft_tissue")
+
+
+def _block(cin, cout, stride=1):
+    return nn.Sequential(nn.Conv3d(cin, cout, 3, stride=stride, padding=1),
+                         nn.InstanceNorm3d(cout, affine=True), nn.LeakyReLU(0.2, inplace=True))
+
+
+def integrate_velocity(v: torch.Tensor, steps: int) -> torch.Tensor:
+    """Scaling and squaring: displacement (voxels, channels x/y/z) of exp(v) for a velocity v [B, 3, D, H, W]."""
+    if steps <= 0:
+        return v
+    size = v.shape[-3:]
+    theta = torch.eye(3, 4, device=v.device, dtype=v.dtype)[None].expand(v.shape[0], 3, 4)
+    ident = F.affine_grid(theta, (v.shape[0], 1, *size), align_corners=True)
+    scale = torch.tensor([2.0 / max(n - 1, 1) for n in (size[2], size[1], size[0])], device=v.device, dtype=v.dtype)
+    d = v / (2 ** steps)
+    for _ in range(steps):
+        g = ident + d.permute(0, 2, 3, 4, 1) * scale
+        d = d + F.grid_sample(d, g, mode="bilinear", padding_mode="border", align_corners=True)
+    return d
+
+
+class TotalRegNet(nn.Module):
+    """3D UNet with K region sub-fields; see the module docstring for inputs, outputs and design."""
+
+    def __init__(self, n_regions: int = 4, channels=(16, 32, 64, 64), int_steps: int = 7):
+        super().__init__()
+        self.config = {"n_regions": int(n_regions), "channels": [int(c) for c in channels],
+                       "int_steps": int(int_steps)}
+        c = list(channels)
+        self.enc = nn.ModuleList([_block(2, c[0], 2)] + [_block(c[i - 1], c[i], 2) for i in range(1, len(c))])
+        self.dec = nn.ModuleList([_block(c[i] + c[i - 1], c[i - 1]) for i in range(len(c) - 1, 0, -1)])
+        self.top = _block(c[0] + 2, c[0])
+        self.velocity = nn.Conv3d(c[0], 3 * n_regions, 3, padding=1)
+        self.logits = nn.Conv3d(c[0], n_regions, 3, padding=1)
+        for head in (self.velocity, self.logits):
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+        self.n_regions, self.int_steps = n_regions, int_steps
+        self.multiple = 2 ** len(c)
+
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor):
+        """(fixed, moving) [B,1,D,H,W] -> (disp [B,3,D,H,W] voxels, weights [B,K,D,H,W], subfields [B,K,3,D,H,W])."""
+        b, _, d, h, w = fixed.shape
+        m = self.multiple
+        pad = [0, (-w) % m, 0, (-h) % m, 0, (-d) % m]
+        x = F.pad(torch.cat([fixed, moving], 1), pad)
+        skips = [x]
+        for enc in self.enc:
+            x = enc(x)
+            skips.append(x)
+        skips.pop()
+        for dec in self.dec:
+            s = skips.pop()
+            x = dec(torch.cat([F.interpolate(x, size=s.shape[-3:], mode="trilinear", align_corners=False), s], 1))
+        s = skips.pop()
+        x = self.top(torch.cat([F.interpolate(x, size=s.shape[-3:], mode="trilinear", align_corners=False), s], 1))
+        x = x[:, :, :d, :h, :w]
+        k = self.n_regions
+        sub = self.velocity(x).view(b, k, 3, d, h, w)
+        weights = torch.softmax(self.logits(x), 1)
+        v = (sub * weights[:, :, None]).sum(1)
+        return integrate_velocity(v, self.int_steps), weights, sub
+
+
+def save_weights(net: TotalRegNet, path: str | Path) -> Path:
+    """Save ``net`` as safetensors with its architecture in the metadata (key "config", JSON)."""
+    from safetensors.torch import save_file
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    save_file(state, str(p), metadata={"config": json.dumps(net.config), "format": "totalreg-net-v1"})
+    return p
+
+
+def load_network(path: str | Path, device="cpu") -> TotalRegNet:
+    """Build a :class:`TotalRegNet` from a safetensors checkpoint (architecture from its metadata).
+
+    Raises RegistrationInputError (one line) when the file is missing, unreadable, or does not fit the
+    architecture."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if not p.is_file():
+        raise RegistrationInputError(f"network weights not found: {p}")
+    try:
+        with safe_open(str(p), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        state = load_file(str(p))
+    except Exception:
+        raise RegistrationInputError(f"cannot read network weights {p}: not a safetensors file") from None
+    cfg = json.loads(meta.get("config", "{}")) if meta.get("config") else {}
+    net = TotalRegNet(**cfg)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "mismatch"
+        raise RegistrationInputError(f"network weights {p} do not match the TotalRegNet architecture ({first})") \
+            from None
+    return net.to(device).eval()

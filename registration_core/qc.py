@@ -1,0 +1,94 @@
+"""Quality-control picture: fixed, moving, registered and a checkerboard in three planes (matplotlib Agg).
+
+Planes are the FIXED image's own index planes through its centre (axial = constant k, coronal = constant j,
+sagittal = constant i for a standard axial CT); the moving image is resampled onto those planes through
+``affine`` (fixed -> moving) when given, else by world coordinates (identity), so only three slices are ever
+resampled, even for 512x512x500 volumes.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+
+def _plane_ref(fixed: sitk.Image, axis: int) -> sitk.Image:
+    """A one-voxel-thick reference image: the fixed grid's central plane normal to index ``axis``."""
+    size = list(fixed.GetSize())
+    index = [0, 0, 0]
+    index[axis] = size[axis] // 2
+    size[axis] = 1
+    ref = sitk.Image(size, sitk.sitkUInt8)
+    ref.SetSpacing(fixed.GetSpacing())
+    ref.SetDirection(fixed.GetDirection())
+    ref.SetOrigin(fixed.TransformIndexToPhysicalPoint(index))
+    return ref
+
+
+def _slice(img: sitk.Image, ref: sitk.Image, transform=None) -> np.ndarray:
+    out = sitk.Resample(img, ref, transform or sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
+    return np.squeeze(sitk.GetArrayFromImage(out))
+
+
+def write_qc_png(fixed: sitk.Image, moving: sitk.Image, warped: sitk.Image, path, displacement=None,
+                 affine: sitk.Transform | None = None, window=(-1000.0, 600.0), title: str | None = None) -> Path:
+    """Write a PNG: rows axial/coronal/sagittal; columns fixed, moving (affine or raw on the fixed planes),
+    registered (``warped``, on the fixed grid), checkerboard fixed/registered and, with ``displacement``, its
+    magnitude (mm; minus the affine part when ``affine`` is given). Returns the path (written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sp = fixed.GetSpacing()
+    cols = ["fixed (current)", "moving (prior, affine)" if affine is not None else "moving (prior, raw)",
+            "registered prior", "checkerboard"] + (
+        [("|non-affine displacement| mm" if affine is not None else "|displacement| mm")]
+        if displacement is not None else [])
+    fig, axes = plt.subplots(3, len(cols), figsize=(3.2 * len(cols), 9.6), squeeze=False)
+    for row, (axis, name) in enumerate(((2, "axial"), (1, "coronal"), (0, "sagittal"))):
+        ref = _plane_ref(fixed, axis)
+        f = _slice(fixed, ref)
+        mv = _slice(moving, ref, affine)
+        wp = _slice(warped, ref)
+        # in-plane pixel aspect: rows run along the remaining higher index axis
+        keep = [a for a in range(3) if a != axis]
+        aspect = sp[keep[1]] / sp[keep[0]]
+        n = 8
+        yy, xx = np.indices(f.shape)
+        cb = np.where(((yy * n // f.shape[0]) + (xx * n // f.shape[1])) % 2 == 0, f, wp)
+        panels = [f, mv, wp, cb]
+        if displacement is not None:
+            d = sitk.Resample(displacement, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkVectorFloat64)
+            vec = np.squeeze(sitk.GetArrayFromImage(d))
+            if affine is not None:  # show the deformable part: total minus the affine's own displacement
+                a = sitk.TransformToDisplacementField(affine, sitk.sitkVectorFloat64, ref.GetSize(), ref.GetOrigin(),
+                                                      ref.GetSpacing(), ref.GetDirection())
+                vec = vec - np.squeeze(sitk.GetArrayFromImage(a))
+            panels.append(np.linalg.norm(vec, axis=-1))
+        for c, img in enumerate(panels):
+            ax = axes[row, c]
+            origin = "upper" if axis == 2 else "lower"
+            if c == 4:
+                im = ax.imshow(img, cmap="magma", aspect=aspect, origin=origin)
+                fig.colorbar(im, ax=ax, fraction=0.046)
+            else:
+                ax.imshow(img, cmap="gray", vmin=window[0], vmax=window[1], aspect=aspect, origin=origin)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(cols[c], fontsize=9)
+            if c == 0:
+                ax.set_ylabel(name)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".tmp-{os.getpid()}-{p.name}")
+    fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
+    os.replace(tmp, p)
+    return p

@@ -1,0 +1,52 @@
+"""TotalRegNet: output contract, zero-initialised heads, diffeomorphic combination, checkpoint round trip."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from registration_core.errors import RegistrationInputError
+from registration_core.network import TotalRegNet, integrate_velocity, load_network, save_weights
+
+
+def test_forward_shapes_and_untrained_identity():
+    net = TotalRegNet().eval()
+    f, m = torch.rand(1, 1, 19, 22, 25), torch.rand(1, 1, 19, 22, 25)
+    with torch.no_grad():
+        disp, w, sub = net(f, m)
+    assert disp.shape == (1, 3, 19, 22, 25)
+    assert w.shape == (1, 4, 19, 22, 25) and sub.shape == (1, 4, 3, 19, 22, 25)
+    assert torch.allclose(w.sum(1), torch.ones(1, 19, 22, 25))
+    assert disp.abs().max() == 0  # zero-initialised heads: an untrained net never moves anything
+    n_bytes = sum(p.numel() for p in net.parameters()) * 4
+    assert n_bytes < 30e6
+
+
+def test_scaling_and_squaring_of_constant_velocity_is_translation():
+    v = torch.zeros(1, 3, 12, 12, 12)
+    v[:, 0] = 1.5  # 1.5 voxels along x (W axis)
+    d = integrate_velocity(v, 7)
+    assert torch.allclose(d[:, 0, 3:-3, 3:-3, 3:-3], torch.full((6, 6, 6), 1.5), atol=1e-4)
+    assert d[:, 1:].abs().max() < 1e-5
+
+
+def test_checkpoint_round_trip_and_mismatch(tmp_path):
+    torch.manual_seed(0)
+    net = TotalRegNet(n_regions=3, channels=(8, 16, 16), int_steps=5)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.01)
+    path = save_weights(net, tmp_path / "w.safetensors")
+    again = load_network(path)
+    assert again.config == net.config
+    f, m = torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        a, b = net.eval()(f, m)[0], again(f, m)[0]
+    assert torch.allclose(a, b) and a.abs().max() > 0
+    # same file name, other architecture -> one-line error
+    from safetensors.torch import save_file
+    save_file({"x": torch.zeros(3)}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(RegistrationInputError, match="do not match"):
+        load_network(tmp_path / "bad.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    with pytest.raises(RegistrationInputError, match="cannot read"):
+        load_network(tmp_path / "junk.safetensors")
