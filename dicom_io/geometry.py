@@ -1,0 +1,63 @@
+"""Geometry helpers between SimpleITK images and DICOM Image Plane attributes (LPS, mm).
+
+SimpleITK's direction matrix holds the image axes as columns (index i, j, k directions in LPS).  DICOM
+ImageOrientationPatient (IOP) is the row direction (along increasing column index = ITK axis i) followed by the
+column direction (along increasing row index = ITK axis j).  PixelSpacing is (row spacing, column spacing) =
+(spacing_j, spacing_i).
+"""
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+from pydicom.valuerep import format_number_as_ds
+
+
+def ds_str(value: float) -> str:
+    """Format a number as a DICOM Decimal String (at most 16 characters)."""
+    v = float(value)
+    if v == 0.0:
+        v = 0.0  # no "-0.0"
+    s = format_number_as_ds(v)
+    digits = 15
+    while len(s) > 16 and digits > 1:  # pydicom can overflow near powers of ten (-9.999999999999991)
+        s = f"{v:.{digits}g}"
+        digits -= 1
+    return s
+
+
+def ds_list(values) -> list[str]:
+    """Format a sequence of numbers as Decimal Strings (each at most 16 characters)."""
+    return [ds_str(v) for v in values]
+
+
+def direction_matrix(image: sitk.Image) -> np.ndarray:
+    """3x3 direction matrix of a 3D image; column c is the LPS unit vector of index axis c."""
+    return np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
+
+
+def iop_of(image: sitk.Image) -> list[float]:
+    """DICOM ImageOrientationPatient (row cosines then column cosines, LPS) of a 3D SimpleITK image."""
+    d = direction_matrix(image)
+    return [*d[:, 0].tolist(), *d[:, 1].tolist()]
+
+
+def slice_positions(image: sitk.Image) -> list[np.ndarray]:
+    """ImagePositionPatient (LPS mm, centre of the first voxel) of every slice k of a 3D image."""
+    d = direction_matrix(image)
+    origin = np.asarray(image.GetOrigin(), dtype=float)
+    sz = image.GetSpacing()[2]
+    return [origin + k * sz * d[:, 2] for k in range(image.GetSize()[2])]
+
+
+def pixel_spacing_of(image: sitk.Image) -> list[float]:
+    """DICOM PixelSpacing (row spacing, column spacing) in mm of a SimpleITK image."""
+    sp = image.GetSpacing()
+    return [float(sp[1]), float(sp[0])]
+
+
+def normal_from_iop(iop) -> np.ndarray:
+    """Unit slice normal (row x column cosines) for a DICOM ImageOrientationPatient."""
+    r = np.asarray(iop[:3], dtype=float)
+    c = np.asarray(iop[3:6], dtype=float)
+    n = np.cross(r, c)
+    return n / np.linalg.norm(n)
