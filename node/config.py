@@ -55,6 +55,17 @@ class NodeSettings(_Strict):
     fsync: bool = True
     min_free_disk_mb: int = Field(512, ge=0)  # below this the listener answers C-STORE with 0xA700 (out of resources)
     tls: TlsSettings | None = None
+    # DICOM receiver processes sharing node.port (SO_REUSEPORT: the kernel spreads associations across them), each
+    # with its own pynetdicom server and group-commit index writer on the same database and spool. One Python
+    # process caps near 150 instances/s (GIL); "auto" = min(CPU count, 4); 1 = receive in the node process only.
+    receiver_processes: int | Literal["auto"] = "auto"
+
+    @field_validator("receiver_processes")
+    @classmethod
+    def _receiver_processes(cls, v):
+        if v != "auto" and not (1 <= v <= 64):
+            raise ValueError("receiver_processes is 'auto' or a number from 1 to 64")
+        return v
 
     @field_validator("ae_title")
     @classmethod
@@ -228,7 +239,7 @@ class QcThresholds(_Strict):
 
 
 def _default_destinations() -> list[DestinationConfig]:
-    return [DestinationConfig(name="local", kind="folder", path=Path("./var/results"))]
+    return [DestinationConfig(name="local", kind="folder", path=Path("./var/outbox"))]
 
 
 def _default_rules() -> list[Rule]:

@@ -65,6 +65,7 @@ class StudySummary:
     study_uid: str
     patient: PatientIdentity
     study_date: date | None = None
+    study_time: str = ""  # DICOM TM as received (HHMMSS.FFFFFF), for ordering same-day studies
     study_description: str = ""
     accession_number: str = ""
     calling_ae: str = ""  # AE title that sent it (received studies)

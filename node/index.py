@@ -1,0 +1,548 @@
+"""The index: received instances → database rows (``record_instance``) and database → :mod:`node.study` records.
+
+Queries used by routing, the prior finder, the worker and the console:
+
+* ``study_summary(session, study_uid) -> StudySummary | None``
+* ``studies_for_patient(session, patient_id, issuer) -> list[StudySummary]`` (newest study date first)
+* ``series_paths(session, series_uid) -> list[Path]`` (spool files of a series, by InstanceNumber)
+* ``expect_retrieved_study(session, study_uid)`` — call before retrieving a prior (C-MOVE/C-GET to this node):
+  the study is then never routed nor treated as 'late'.
+
+Group commit (:class:`IndexWriter`): the receiver does not open one transaction per instance.  Each C-STORE
+handler writes its file (temp file, ``fdatasync``, rename — :meth:`node.spool.Spool.write_data`) and queues the
+header with :meth:`IndexWriter.index`, which blocks until its batch is durable.  One writer thread takes
+everything queued (up to ``max_batch``), ``fsync``-s each distinct spool folder of the batch once (making the
+renames durable), then records the whole batch in ONE transaction (one WAL commit, ``synchronous=FULL``), and
+only then wakes the handlers, which answer 0x0000.  A batch of new instances of studies/series already
+receiving is written with :func:`record_new_instances` (multi-row INSERT + one counter UPDATE per study and
+series); anything else (new study, re-send, late instance) goes through :func:`record_instance` per instance.
+So an acknowledged instance is always: file data fsynced, rename fsynced, index row committed — exactly the
+guarantee of the one-instance-per-transaction path, with the fsyncs and the commit shared by every association.  If the batch transaction fails, each of its instances is
+retried alone in its own transaction, so a bad instance fails only itself (0xA700, reason logged).  The queue is
+bounded (``max_queue``): when the database is slow the handlers block, which back-pressures the senders.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import queue
+import threading
+import time
+from contextlib import nullcontext as _nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from .db import (STUDY_COMPLETE, STUDY_RECEIVING, STUDY_ROUTE_FAILED, Instance, Series, Study, add_event, utcnow)
+from .study import PatientIdentity, SeriesSummary, StudySummary
+
+log = logging.getLogger(__name__)
+
+
+def _s(ds: Dataset, key: str, limit: int = 64) -> str:
+    v = ds.get(key, "")
+    if v is None:
+        return ""
+    if isinstance(v, (list, tuple)) or v.__class__.__name__ == "MultiValue":
+        v = "\\".join(str(x) for x in v)
+    return str(v).strip()[:limit]
+
+
+def parse_da(value) -> _dt.date | None:
+    """DICOM DA ('YYYYMMDD') → date, None when empty or invalid."""
+    text = str(value or "").strip()
+    try:
+        return _dt.datetime.strptime(text[:8], "%Y%m%d").date() if text else None
+    except ValueError:
+        return None
+
+
+def _int(value) -> int | None:
+    try:
+        return int(str(value).strip()) if str(value or "").strip() else None
+    except ValueError:
+        return None
+
+
+def _float(value) -> float | None:
+    try:
+        return float(str(value).strip()) if str(value or "").strip() else None
+    except ValueError:
+        return None
+
+
+@dataclass
+class RecordResult:
+    """What indexing one instance did: ``status`` is 'new', 'same' (identical duplicate) or 'replaced'."""
+
+    status: str
+    study_uid: str
+    late: bool = False
+
+
+def existing_instance(session: Session, sop_uid: str) -> Instance | None:
+    """The indexed instance with this SOPInstanceUID, if any."""
+    return session.scalar(select(Instance).where(Instance.sop_instance_uid == sop_uid))
+
+
+def _savepoints(session: Session) -> bool:
+    """Savepoints guard concurrent inserts on PostgreSQL; SQLite transactions are IMMEDIATE (one writer)."""
+    return session.bind.dialect.name != "sqlite"
+
+
+def _get_or_create(session: Session, model, key: dict, defaults):
+    """The row with ``key`` (locked FOR UPDATE on PostgreSQL so counters cannot lose updates), created if missing.
+
+    ``defaults``: the new row's other values, a dict or a callable returning one (evaluated only when created)."""
+    q = select(model).filter_by(**key)
+    if _savepoints(session):
+        q = q.with_for_update()
+    obj = session.scalar(q)
+    if obj is not None:
+        return obj, False
+    if callable(defaults):
+        defaults = defaults()
+    if not _savepoints(session):
+        obj = model(**key, **defaults)
+        session.add(obj)
+        session.flush()
+        return obj, True
+    try:
+        with session.begin_nested():
+            obj = model(**key, **defaults)
+            session.add(obj)
+        return obj, True
+    except IntegrityError:  # created concurrently by another association (PostgreSQL)
+        return session.scalar(q), False
+
+
+class BatchCache:
+    """Rows already loaded in the current transaction, so that indexing a batch of instances costs one query per
+    distinct study/series and one for all SOP instance UIDs instead of three queries and a flush per instance.
+
+    Only valid inside ONE session/transaction; create a new one per transaction."""
+
+    def __init__(self, session: Session, sop_uids: list[str] | None = None):
+        self.studies: dict[str, Study] = {}
+        self.series: dict[str, Series] = {}
+        self.instances: dict[str, Instance | None] = {}
+        uids = sorted(set(sop_uids or ()))
+        for i in range(0, len(uids), 500):
+            chunk = uids[i:i + 500]
+            found = {r.sop_instance_uid: r for r in
+                     session.scalars(select(Instance).where(Instance.sop_instance_uid.in_(chunk)))}
+            for u in chunk:
+                self.instances[u] = found.get(u)
+
+
+def _existing(session: Session, sop_uid: str, cache: BatchCache | None) -> Instance | None:
+    if cache is not None and sop_uid in cache.instances:
+        return cache.instances[sop_uid]
+    inst = existing_instance(session, sop_uid)
+    if cache is not None:
+        cache.instances[sop_uid] = inst
+    return inst
+
+
+def _cached_get_or_create(session: Session, model, key: dict, defaults: dict, cache: BatchCache | None):
+    if cache is None:
+        return _get_or_create(session, model, key, defaults)
+    memo = cache.studies if model is Study else cache.series
+    k = next(iter(key.values()))
+    if k in memo:
+        return memo[k], False
+    obj, created = _get_or_create(session, model, key, defaults)
+    memo[k] = obj
+    return obj, created
+
+
+def record_instance(session: Session, ds: Dataset, *, path: Path, size: int, sha256: str, transfer_syntax: str,
+                    calling_ae: str, late_policy: str = "follow_up", now: _dt.datetime | None = None,
+                    cache: BatchCache | None = None) -> RecordResult:
+    """Index one stored instance (header ``ds``) in the caller's transaction.
+
+    Creates/updates the study and series rows.  An instance of a study that was already routed is 'late':
+    with ``late_policy='follow_up'`` the study goes back to 'receiving' (a follow-up round is routed once it is
+    quiet again); with 'ignore' it is only counted and logged.  ``cache`` (a :class:`BatchCache` of this
+    transaction) lets many calls in one transaction share the study/series rows and one instance lookup.
+    """
+    now = now or utcnow()
+    sop_uid = _s(ds, "SOPInstanceUID")
+    study_uid = _s(ds, "StudyInstanceUID")
+    series_uid = _s(ds, "SeriesInstanceUID")
+    inst = _existing(session, sop_uid, cache)
+    if inst is not None and inst.sha256 == sha256:
+        return RecordResult("same", inst.study_uid)
+
+    def header() -> dict:
+        return dict(
+            patient_id=_s(ds, "PatientID"), issuer=_s(ds, "IssuerOfPatientID"),
+            patient_name=_s(ds, "PatientName", 324), birth_date=parse_da(ds.get("PatientBirthDate")),
+            sex=_s(ds, "PatientSex", 16), study_date=parse_da(ds.get("StudyDate")),
+            study_time=_s(ds, "StudyTime", 16), description=_s(ds, "StudyDescription", 128),
+            accession_number=_s(ds, "AccessionNumber"), calling_ae=calling_ae[:16])
+
+    study, created = _cached_get_or_create(session, Study, {"study_uid": study_uid}, lambda: dict(
+        header(), first_received_at=now, last_received_at=now, round_started_at=now, state=STUDY_RECEIVING), cache)
+    if not created and study.n_instances == 0:  # pre-created by expect_retrieved_study
+        for k, v in header().items():
+            setattr(study, k, v)
+        study.first_received_at = now
+    series, _ = _cached_get_or_create(session, Series, {"series_uid": series_uid}, lambda: dict(
+        study_id=study.id, study_uid=study_uid, modality=_s(ds, "Modality", 16),
+        description=_s(ds, "SeriesDescription", 128), number=_int(ds.get("SeriesNumber")),
+        image_type=_s(ds, "ImageType", 128), sop_class_uid=_s(ds, "SOPClassUID"),
+        frame_of_reference_uid=_s(ds, "FrameOfReferenceUID"), slice_thickness_mm=_float(ds.get("SliceThickness")),
+        body_part=_s(ds, "BodyPartExamined"), first_received_at=now, last_received_at=now), cache)
+
+    late = False
+    if study.origin != "retrieved" and study.state in (STUDY_COMPLETE, STUDY_ROUTE_FAILED) and not created:
+        late = study.state == STUDY_COMPLETE
+        if late:
+            study.late_instances += 1
+            if late_policy == "follow_up":
+                if not study.follow_up_pending:
+                    add_event(session, f"instance {sop_uid} arrived after the study was processed; a follow-up "
+                              "will run once the study is quiet again", kind="assembly", study_uid=study_uid)
+                study.follow_up_pending = True
+                study.state = STUDY_RECEIVING
+                study.round_started_at = now
+            elif study.late_instances == 1:
+                add_event(session, f"instance {sop_uid} arrived after the study was processed; ignored "
+                          "(completion.late_instances: ignore)", kind="assembly", level="WARNING",
+                          study_uid=study_uid)
+        else:  # routing failed earlier: new data, try again
+            study.state = STUDY_RECEIVING
+            study.round_started_at = now
+
+    if inst is None:
+        study.n_instances += 1
+        study.size_bytes += size
+        series.n_instances += 1
+        status = "new"
+        try:
+            with (session.begin_nested() if _savepoints(session) else _nullcontext()):
+                row = Instance(
+                    sop_instance_uid=sop_uid, sop_class_uid=_s(ds, "SOPClassUID"), series_uid=series_uid,
+                    study_uid=study_uid, instance_number=_int(ds.get("InstanceNumber")), path=str(path),
+                    size_bytes=size, sha256=sha256, transfer_syntax=transfer_syntax, calling_ae=calling_ae[:16],
+                    received_at=now, late=late, versions=1)
+                session.add(row)
+            if cache is not None:
+                cache.instances[sop_uid] = row
+        except IntegrityError:  # the same SOP instance indexed concurrently: treat as a replacement
+            inst = existing_instance(session, sop_uid)
+            if cache is not None:
+                cache.instances[sop_uid] = inst
+            study.n_instances -= 1
+            study.size_bytes -= size
+            series.n_instances -= 1
+    if inst is not None:
+        status = "replaced" if inst.sha256 != sha256 else "same"
+        if status == "replaced":
+            study.size_bytes += size - inst.size_bytes
+            inst.path, inst.size_bytes, inst.sha256 = str(path), size, sha256
+            inst.transfer_syntax, inst.calling_ae, inst.received_at = transfer_syntax, calling_ae[:16], now
+            inst.versions += 1
+            inst.late = inst.late or late
+            log.warning("instance %s re-sent with different content; the newer copy replaces it", sop_uid)
+    if status != "same":
+        study.last_received_at = now
+        series.last_received_at = now
+    return RecordResult(status, study_uid, late)
+
+
+def record_new_instances(session: Session, entries: list[tuple[Dataset, dict]],
+                         now: _dt.datetime | None = None) -> list[RecordResult] | None:
+    """Fast path of :func:`record_instance` for a batch, in the caller's transaction; None (nothing written) when
+    any instance needs the general path.
+
+    ``entries``: (header, record_instance keyword arguments) pairs.  Applies only when every SOP instance is new
+    (not indexed, not twice in the batch) and every study is already ``receiving`` with instances and every series
+    exists: then record_instance would only insert the instance rows and add to the study/series counters and
+    "last received" times, which this does with one multi-row INSERT and one atomic ``UPDATE ... SET n = n + k``
+    per study and series (no ORM objects; the study rows are locked FOR UPDATE on PostgreSQL first)."""
+    now = now or utcnow()
+    rows, per_study, per_series = [], {}, {}
+    for ds, kw in entries:
+        sop, study_uid, series_uid = _s(ds, "SOPInstanceUID"), _s(ds, "StudyInstanceUID"), _s(ds, "SeriesInstanceUID")
+        size = int(kw["size"])
+        rows.append(dict(
+            sop_instance_uid=sop, sop_class_uid=_s(ds, "SOPClassUID"), series_uid=series_uid, study_uid=study_uid,
+            instance_number=_int(ds.get("InstanceNumber")), path=str(kw["path"]), size_bytes=size,
+            sha256=kw["sha256"], transfer_syntax=kw["transfer_syntax"], calling_ae=kw["calling_ae"][:16],
+            received_at=now, versions=1, late=False))
+        n, b = per_study.get(study_uid, (0, 0))
+        per_study[study_uid] = (n + 1, b + size)
+        per_series[series_uid] = per_series.get(series_uid, 0) + 1
+    uids = [r["sop_instance_uid"] for r in rows]
+    if not rows or len(set(uids)) != len(uids):
+        return None
+    for i in range(0, len(uids), 500):
+        if session.execute(select(Instance.id).where(Instance.sop_instance_uid.in_(uids[i:i + 500])).limit(1)).first():
+            return None
+    q = select(Study.study_uid, Study.state, Study.n_instances).where(Study.study_uid.in_(list(per_study)))
+    if _savepoints(session):  # PostgreSQL: hold the study rows until commit (as record_instance does)
+        q = q.with_for_update()
+    studies = session.execute(q).all()
+    if len(studies) != len(per_study) or any(r[1] != STUDY_RECEIVING or not r[2] for r in studies):
+        return None
+    n_series = session.execute(select(func.count()).select_from(Series)
+                               .where(Series.series_uid.in_(list(per_series)))).scalar_one()
+    if n_series != len(per_series):
+        return None
+    session.execute(insert(Instance), rows)
+    for uid, (n, b) in per_study.items():
+        session.execute(update(Study).where(Study.study_uid == uid)
+                        .values(n_instances=Study.n_instances + n, size_bytes=Study.size_bytes + b,
+                                last_received_at=now).execution_options(synchronize_session=False))
+    for uid, n in per_series.items():
+        session.execute(update(Series).where(Series.series_uid == uid)
+                        .values(n_instances=Series.n_instances + n, last_received_at=now)
+                        .execution_options(synchronize_session=False))
+    return [RecordResult("new", r["study_uid"], False) for r in rows]
+
+
+def expect_retrieved_study(session: Session, study_uid: str) -> None:
+    """Mark ``study_uid`` as a prior the node retrieves itself: its instances are indexed but never routed."""
+    study = session.scalar(select(Study).where(Study.study_uid == study_uid))
+    if study is None:
+        session.add(Study(study_uid=study_uid, origin="retrieved", state=STUDY_COMPLETE))
+    elif study.n_instances == 0:
+        study.origin = "retrieved"
+        study.state = STUDY_COMPLETE
+
+
+# --------------------------------------------------------------------------------------------------- summaries
+
+def _series_summary(s: Series, paths: list[Path] | None = None) -> SeriesSummary:
+    return SeriesSummary(
+        series_uid=s.series_uid, modality=s.modality, description=s.description, number=s.number,
+        image_type=tuple(p for p in s.image_type.split("\\") if p), sop_class_uid=s.sop_class_uid,
+        frame_of_reference_uid=s.frame_of_reference_uid, slice_thickness_mm=s.slice_thickness_mm,
+        n_instances=s.n_instances, body_part=s.body_part, paths=paths or [])
+
+
+def _study_summary(session: Session, st: Study, with_paths: bool = True) -> StudySummary:
+    series = session.scalars(select(Series).where(Series.study_id == st.id).order_by(Series.number,
+                                                                                      Series.id)).all()
+    return StudySummary(
+        study_uid=st.study_uid,
+        patient=PatientIdentity(patient_id=st.patient_id, issuer=st.issuer, name=st.patient_name,
+                                birth_date=st.birth_date, sex=st.sex),
+        study_date=st.study_date, study_time=st.study_time or "", study_description=st.description, accession_number=st.accession_number,
+        calling_ae=st.calling_ae,
+        series=[_series_summary(s, series_paths(session, s.series_uid) if with_paths else None) for s in series],
+        source="local")
+
+
+def study_summary(session: Session, study_uid: str, with_paths: bool = True) -> StudySummary | None:
+    """The received study ``study_uid`` as a :class:`StudySummary` (series with spool paths), or None."""
+    st = session.scalar(select(Study).where(Study.study_uid == study_uid))
+    if st is None or st.n_instances == 0:
+        return None
+    return _study_summary(session, st, with_paths)
+
+
+def studies_for_patient(session: Session, patient_id: str, issuer: str = "",
+                        with_paths: bool = True) -> list[StudySummary]:
+    """Locally held studies of a patient (same PatientID; same issuer when both are given), newest first."""
+    q = select(Study).where(Study.patient_id == patient_id, Study.n_instances > 0)
+    rows = [st for st in session.scalars(q).all() if not (issuer and st.issuer and st.issuer != issuer)]
+    rows.sort(key=lambda st: (st.study_date or _dt.date.min, st.study_time), reverse=True)
+    return [_study_summary(session, st, with_paths) for st in rows]
+
+
+def series_paths(session: Session, series_uid: str) -> list[Path]:
+    """Spool paths of a series' instances, ordered by InstanceNumber (then SOP UID)."""
+    rows = session.execute(select(Instance.path, Instance.instance_number, Instance.sop_instance_uid)
+                           .where(Instance.series_uid == series_uid)).all()
+    rows = sorted(rows, key=lambda r: (r[1] if r[1] is not None else 1 << 30, r[2]))
+    return [Path(r[0]) for r in rows]
+
+
+# ------------------------------------------------------------------------------------------------ group commit
+
+class IndexingError(RuntimeError):
+    """Indexing an instance failed (the message says why in plain words)."""
+
+
+class _Item:
+    __slots__ = ("ds", "kw", "folder", "done", "result", "error")
+
+    def __init__(self, ds: Dataset, kw: dict, folder: Path | None):
+        self.ds, self.kw, self.folder = ds, kw, folder
+        self.done = threading.Event()
+        self.result: RecordResult | None = None
+        self.error: BaseException | None = None
+
+
+_STOP = object()
+
+
+class IndexWriter:
+    """One thread that indexes queued instances in batches (group commit); see the module docstring.
+
+    ``db`` is a :class:`node.db.Database`; ``fsync_dirs`` False skips the folder fsync (spool with fsync off).
+    """
+
+    def __init__(self, db, *, max_batch: int = 128, max_queue: int = 512, fsync_dirs: bool = True,
+                 name: str = "index-writer"):
+        self.db = db
+        self.max_batch = max_batch
+        self.fsync_dirs = fsync_dirs
+        self.name = name
+        self._q: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._lock = threading.Lock()
+        self.batches = 0  # committed batches (for tests and metrics)
+        self.indexed = 0  # instances indexed
+        self.max_linger_s = 0.015  # longest the writer waits for an announced instance to join a batch
+        self._producing = 0  # handlers between announce() and index(): their instance is about to be queued
+        self._plock = threading.Lock()
+
+    def start(self) -> None:
+        """Start the writer thread (idempotent)."""
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Index what is queued, then stop the thread (waits up to ``timeout`` s)."""
+        with self._lock:
+            t = self._thread
+            self._stopping = True
+        if t is not None and t.is_alive():
+            self._q.put(_STOP)
+            t.join(timeout)
+        with self._lock:
+            self._thread = None
+            self._stopping = False
+        if self.batches:
+            log.info("index writer: %d instances in %d batches (%.1f per commit)", self.indexed, self.batches,
+                     self.indexed / self.batches)
+
+    def announce(self) -> None:
+        """A handler has an instance in hand that it will :meth:`index` (or :meth:`withdraw`) soon: the writer
+        then waits up to ``max_linger_s`` for it, so concurrent associations share one commit."""
+        with self._plock:
+            self._producing += 1
+
+    def withdraw(self) -> None:
+        """Undo :meth:`announce` (the instance will not be indexed: refused, or already queued)."""
+        with self._plock:
+            self._producing = max(0, self._producing - 1)
+
+    def index(self, ds: Dataset, *, folder: Path | None, timeout: float = 120.0, **kw) -> RecordResult:
+        """Index one instance whose file is written (``folder``: its spool folder, fsync-ed before the commit).
+
+        ``kw`` are :func:`record_instance`'s keyword arguments.  Blocks until the instance's batch is committed;
+        raises :class:`IndexingError` (or the database error) when it was not indexed."""
+        if self._stopping or self._thread is None or not self._thread.is_alive():
+            raise IndexingError("the index writer is not running (the listener is stopping)")
+        item = _Item(ds, kw, folder)
+        try:
+            self._q.put(item, timeout=timeout)
+        except queue.Full:
+            raise IndexingError(f"the index queue stayed full for {timeout:.0f} s (database too slow)") from None
+        deadline = time.monotonic() + timeout
+        while not item.done.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                raise IndexingError(f"the database did not commit within {timeout:.0f} s")
+            t = self._thread
+            if (t is None or not t.is_alive()) and not item.done.is_set():
+                raise IndexingError("the index writer stopped before this instance was indexed")
+        if item.error is not None:
+            raise item.error
+        return item.result
+
+    # ------------------------------------------------------------------------------------------- thread
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self._q.get()
+            if item is _STOP:
+                break
+            batch = [item]
+            deadline = time.monotonic() + self.max_linger_s
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self._q.get_nowait()
+                except queue.Empty:
+                    left = deadline - time.monotonic()
+                    if self._producing <= 0 or left <= 0:
+                        break
+                    try:  # another association is writing its file: let it join this batch
+                        nxt = self._q.get(timeout=left)
+                    except queue.Empty:
+                        break
+                if nxt is _STOP:
+                    stopping = True
+                    break
+                batch.append(nxt)
+            try:
+                self._commit(batch)
+            except BaseException as exc:  # noqa: BLE001 - never leave a handler waiting
+                log.exception("index batch failed")
+                for it in batch:
+                    if not it.done.is_set():
+                        it.error = it.error or exc
+                        it.done.set()
+        # anything queued after the stop marker (handlers still running) is indexed too
+        rest = []
+        while True:
+            try:
+                it = self._q.get_nowait()
+            except queue.Empty:
+                break
+            if it is not _STOP:
+                rest.append(it)
+        if rest:
+            self._commit(rest)
+
+    def _commit(self, batch: list) -> None:
+        from .spool import fsync_dir
+        if self.fsync_dirs:
+            for folder in {it.folder for it in batch if it.folder is not None}:
+                try:
+                    fsync_dir(folder)
+                except OSError as exc:
+                    for it in batch:
+                        if it.folder == folder:
+                            it.error = OSError(f"cannot make spool folder durable: {exc}")
+                            it.done.set()
+        todo = [it for it in batch if not it.done.is_set()]
+        if not todo:
+            return
+        try:
+            with self.db.session() as s:
+                results = record_new_instances(s, [(it.ds, it.kw) for it in todo])
+                if results is None:  # a new study/series, a re-send, a late instance...: the general path
+                    cache = BatchCache(s, [_s(it.ds, "SOPInstanceUID") for it in todo])
+                    results = [record_instance(s, it.ds, cache=cache, **it.kw) for it in todo]
+        except Exception as exc:  # noqa: BLE001 - find the culprit(s): one transaction per instance
+            if len(todo) > 1:
+                log.warning("index batch of %d failed (%s); indexing them one by one", len(todo),
+                            str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+            for it in todo:
+                try:
+                    with self.db.session() as s:
+                        it.result = record_instance(s, it.ds, **it.kw)
+                    self.indexed += 1
+                except Exception as exc1:  # noqa: BLE001
+                    log.exception("indexing %s failed", _s(it.ds, "SOPInstanceUID"))
+                    it.error = exc1
+                it.done.set()
+            self.batches += 1
+            return
+        self.batches += 1
+        self.indexed += len(todo)
+        for it, res in zip(todo, results):
+            it.result = res
+            it.done.set()

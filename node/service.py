@@ -1,0 +1,148 @@
+"""The node process: receiver + assembly + N workers + dispatcher (+ web console), each stage in its own thread.
+
+All state is in the database and the spool, so stopping (SIGTERM: graceful; kill -9: abrupt) loses nothing
+acknowledged: at start the node removes half-written spool files, re-queues jobs and sends whose process on this
+host is gone, and the assembly re-evaluates its database timers.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from .assembly import Assembler
+from .db import Database, open_database
+from .dispatcher import Dispatcher, requeue_orphan_sends
+from .jobs import release_owned, requeue_orphans, worker_name
+from .processor import Worker
+from .receiver import Receiver
+from .receiver_child import ReceiverChildren, receiver_process_count
+from .spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+def make_spool(cfg) -> Spool:
+    """The spool of a configuration: ``<node.data_dir>/spool`` with ``node.min_free_disk_mb`` and ``node.fsync``."""
+    return Spool(Path(cfg.node.data_dir) / "spool", min_free_mb=cfg.node.min_free_disk_mb, fsync=cfg.node.fsync)
+
+
+def recover(db: Database, spool: Spool, cleanup_spool: bool = True) -> None:
+    """Start-up recovery: partial spool files removed (only by the receiving process: a worker-only process must
+    not touch files a live receiver is writing), orphaned jobs/sends of this host re-queued."""
+    n = spool.cleanup_partials() if cleanup_spool else 0
+    with db.session() as s:
+        jobs = requeue_orphans(s)
+    with db.session() as s:
+        sends = requeue_orphan_sends(s)
+    if n or jobs or sends:
+        log.warning("recovered after an interruption: %d partial spool files removed, jobs %s re-queued, "
+                    "%d sends re-queued", n, jobs, sends)
+
+
+class NodeService:
+    """Compose and run the stages.  ``start()`` returns once everything listens; ``stop()`` is graceful."""
+
+    def __init__(self, cfg, *, workers: int | None = None, receive: bool = True, web: bool | None = None,
+                 worker_kinds: list[str] | None = None, poll_s: float = 0.5):
+        self.cfg = cfg
+        self.db = open_database(cfg)
+        self.spool = make_spool(cfg)
+        self.n_workers = cfg.jobs.workers if workers is None else workers
+        self.receive = receive
+        self.web = cfg.web.enabled if web is None else web
+        self.worker_kinds = worker_kinds
+        self.poll_s = poll_s
+        self.stop_event = threading.Event()
+        self.receiver: Receiver | None = None
+        self.receiver_children: ReceiverChildren | None = None  # node.receiver_processes - 1 extra listeners
+        self.threads: list[threading.Thread] = []
+        self._uvicorn = None
+
+    def _thread(self, name: str, target) -> None:
+        t = threading.Thread(target=target, args=(self.stop_event,), name=name, daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def start(self) -> None:
+        """Recover, then start every configured stage."""
+        recover(self.db, self.spool, cleanup_spool=self.receive)
+        if self.receive:
+            n_proc = receiver_process_count(self.cfg.node.receiver_processes)
+            if n_proc > 1:  # children first: once this process answers on the port, every receiver listens
+                self.receiver_children = ReceiverChildren(self.cfg, n_proc - 1)
+                self.receiver_children.start()  # RuntimeError naming the problem (e.g. port taken)
+            self.receiver = Receiver(self.cfg, self.db, self.spool, reuse_port=n_proc > 1)
+            try:
+                self.receiver.start()
+            except BaseException:
+                if self.receiver_children is not None:
+                    self.receiver_children.stop()
+                raise
+            self._thread("assembly", Assembler(self.cfg, self.db).run)
+            self._thread("dispatcher", Dispatcher(self.cfg, self.db, owner=worker_name("dispatcher"),
+                                                  poll_s=self.poll_s).run)
+        for i in range(self.n_workers):
+            w = Worker(self.cfg, self.db, self.spool, name=worker_name(f"w{i}"), poll_s=self.poll_s,
+                       kinds=self.worker_kinds)
+            self._thread(f"worker-{i}", w.run)
+        if self.receive and self.web:
+            self._start_web()
+        log.info("node started: receiver %s, %d worker(s), web %s", f"on ({self.receiver_processes()} process(es))"
+                 if self.receive else "off", self.n_workers, "on" if self._uvicorn else "off")
+
+    def receiver_processes(self) -> int:
+        """DICOM receiver processes running (this one + children); 0 when not receiving."""
+        if self.receiver is None or self.receiver.server is None:
+            return 0
+        kids = self.receiver_children
+        return 1 + (sum(p.poll() is None for p in kids.procs) if kids else 0)
+
+    def receiver_alive(self) -> bool:
+        """True while this process listens and every receiver child process runs (reported by /healthz)."""
+        rcv, kids = self.receiver, self.receiver_children
+        return rcv is not None and rcv.server is not None and (kids is None or kids.alive())
+
+    def _start_web(self) -> None:
+        try:
+            from node.web.app import create_app
+        except ImportError as exc:
+            log.info("web console not available (%s)", exc)
+            return
+        import uvicorn
+        app = create_app(self.cfg, self.db, data_dir=self.cfg.node.data_dir, receiver_alive=self.receiver_alive)
+        server = uvicorn.Server(uvicorn.Config(app, host=self.cfg.web.host, port=self.cfg.web.port,
+                                               log_level="warning", access_log=False))
+        server.install_signal_handlers = lambda: None  # the main thread handles signals
+        self._uvicorn = server
+        t = threading.Thread(target=server.run, name="web", daemon=True)
+        t.start()
+        self.threads.append(t)
+        log.info("web console on http://%s:%d", self.cfg.web.host, self.cfg.web.port)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop listening, let running jobs and sends finish (up to ``timeout`` s each), close the database."""
+        self.stop_event.set()
+        if self.receiver_children is not None:
+            self.receiver_children.stop(timeout=timeout)
+        if self.receiver is not None:
+            self.receiver.stop()
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+        for t in self.threads:
+            t.join(timeout=timeout)
+        still = [t.name for t in self.threads if t.is_alive() and t.name.startswith("worker")]
+        if still:  # a job did not finish in time: give it back to the queue rather than wait for its lease
+            try:
+                with self.db.session() as s:
+                    ids = release_owned(s, worker_name() + ":")
+                log.warning("stopped with jobs %s unfinished; they were put back in the queue", ids)
+            except Exception:  # noqa: BLE001
+                log.exception("could not give back unfinished jobs; their leases will expire")
+        self.db.dispose()
+        log.info("node stopped")
+
+    def wait(self) -> None:
+        """Block until :meth:`stop` is called (from a signal handler)."""
+        while not self.stop_event.wait(1.0):
+            pass

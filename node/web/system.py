@@ -1,0 +1,111 @@
+"""Node health facts for the dashboard and /healthz: compute device, spool disk, peer reachability.
+
+Peers are the configured destinations and PACS. DICOM peers are checked with a C-ECHO (``node.dimse.echo``);
+DICOMweb / Orthanc destinations with an HTTP GET of their URL; folder destinations by checking the folder is
+writable. Results are plain words.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from node.config import NodeConfig
+
+
+@functools.lru_cache(maxsize=1)
+def compute_device() -> str:
+    """'GPU (<name>)' when torch sees CUDA, else 'CPU (n cores)'. torch is imported lazily, once."""
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return f"GPU ({torch.cuda.get_device_name(0)})"
+    except Exception:  # torch missing or broken: the node still runs on CPU
+        pass
+    return f"CPU ({os.cpu_count() or 1} cores)"
+
+
+@dataclass
+class Disk:
+    """Free and total bytes of the filesystem holding ``path``."""
+
+    path: str
+    free_bytes: int
+    total_bytes: int
+
+    @property
+    def free_fraction(self) -> float:
+        """Free space as a fraction of the total (0..1)."""
+        return self.free_bytes / self.total_bytes if self.total_bytes else 0.0
+
+
+def disk(path: Path) -> Disk:
+    """Disk usage of the filesystem holding ``path`` (its nearest existing parent)."""
+    p = Path(path).resolve()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    u = shutil.disk_usage(p)
+    return Disk(str(path), u.free, u.total)
+
+
+@dataclass
+class PeerCheck:
+    """Result of checking one peer: ok, plain-words message, when (epoch seconds), round trip (s)."""
+
+    ok: bool
+    message: str
+    at: float
+    seconds: float
+
+
+def peers(cfg: NodeConfig) -> list[tuple[str, str, str]]:
+    """(kind, name, address) of every configured PACS and destination; kind 'pacs' or 'destination'."""
+    out = [("pacs", p.name, f"{p.ae_title}@{p.host}:{p.port}") for p in cfg.pacs]
+    for d in cfg.destinations:
+        addr = {"dicom": f"{d.ae_title}@{d.host}:{d.port}", "folder": str(d.path)}.get(d.kind, d.url or "")
+        out.append(("destination", d.name, f"{d.kind}: {addr}"))
+    return out
+
+
+def check_peer(cfg: NodeConfig, kind: str, name: str, timeout_s: float = 5.0) -> PeerCheck:
+    """Check one PACS or destination now. KeyError when no such peer is configured."""
+    t0 = time.monotonic()
+    if kind == "pacs":
+        p = next((p for p in cfg.pacs if p.name == name), None)
+        if p is None:
+            raise KeyError(name)
+        ok, msg = _echo(cfg, p.ae_title, p.host, p.port, name, timeout_s)
+    else:
+        d = cfg.destination(name)
+        if d.kind == "dicom":
+            ok, msg = _echo(cfg, d.ae_title, d.host, d.port, name, timeout_s)
+        elif d.kind == "folder":
+            path = Path(d.path)
+            ok = path.is_dir() and os.access(path, os.W_OK)
+            msg = "folder exists and is writable" if ok else f"folder {path} does not exist or is not writable"
+        else:
+            ok, msg = _http(d.url, d.username, d.password, timeout_s)
+    return PeerCheck(ok, msg, time.time(), time.monotonic() - t0)
+
+
+def _echo(cfg: NodeConfig, ae_title: str, host: str, port: int, name: str, timeout_s: float) -> tuple[bool, str]:
+    from node.dimse import DimseError, Peer, echo, status_text
+    try:
+        status = echo(Peer(ae_title, host, port, name), cfg.node.ae_title, timeout_s=timeout_s)
+    except DimseError as exc:
+        return False, str(exc)
+    return status == 0, "C-ECHO answered (success)" if status == 0 else f"C-ECHO answered {status_text(status)}"
+
+
+def _http(url: str, username: str | None, password: str | None, timeout_s: float) -> tuple[bool, str]:
+    import httpx
+    try:
+        r = httpx.get(url, timeout=timeout_s, auth=(username, password or "") if username else None)
+    except httpx.HTTPError as exc:
+        return False, f"cannot reach {url}: {exc.__class__.__name__}: {exc}"
+    if r.status_code >= 500 or r.status_code in (401, 403):
+        return False, f"{url} answered HTTP {r.status_code}"
+    return True, f"{url} answered HTTP {r.status_code}"
