@@ -1,0 +1,252 @@
+"""Accuracy benchmark: TotalRegistrator engine vs itk-elastix on real and synthetic CT pairs.
+
+    python3 bench/accuracy/run.py                                   # all cases, identity + elastix + totalreg
+    python3 bench/accuracy/run.py --methods elastix --cases lung,synth0
+    python3 bench/accuracy/run.py --synth-spacing 3 --out bench/accuracy/RESULTS.md
+
+Per case and method: TRE (mean, median; mm) on landmarks, Dice of the moving labels warped with the estimated
+field (nearest neighbour) against the fixed labels, folding % (J <= 0, whole field) and SDlogJ (Learn2Reg
+definition) of the field, and the registration wall time. Prints a markdown table and writes it (with the case
+notes) to RESULTS.md, plus the details to results.json beside it.
+All fields follow docs/CONTRACTS.md (fixed grid, LPS mm, fixed p <-> moving p + d(p)).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+for p in (str(ROOT), str(HERE)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+from cases import CASES, Case  # noqa: E402
+from registration_core.metrics import dice, folding_percent, sdlogj, tre  # noqa: E402
+
+
+# ------------------------------------------------------------------------------------------------- methods
+def method_identity(fixed, moving, threads):
+    d = sitk.Image(fixed.GetSize(), sitk.sitkVectorFloat64, 3)
+    d.CopyInformation(fixed)
+    return d, {"time_s": 0.0}
+
+
+def method_elastix(fixed, moving, threads):
+    from elastix_baseline import elastix_register
+
+    return elastix_register(fixed, moving, threads=threads)
+
+
+def method_totalreg(fixed, moving, threads):
+    from registration_core import register  # the engine (registration_core/engine)
+
+    t0 = time.perf_counter()
+    res = register(fixed, moving)
+    t = time.perf_counter() - t0
+    rep = dict(res.report) if isinstance(res.report, dict) else {}
+    return res.displacement, {"time_s": t, "report": rep}
+
+
+METHODS = {"identity": method_identity, "elastix": method_elastix, "totalreg": method_totalreg}
+
+
+# ------------------------------------------------------------------------------------------------- scoring
+def _warp_labels(labels: sitk.Image, disp: sitk.Image, ref: sitk.Image) -> sitk.Image:
+    tx = sitk.DisplacementFieldTransform(sitk.Cast(disp, sitk.sitkVectorFloat64))
+    return sitk.Resample(labels, ref, tx, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+
+
+def evaluate(case: Case, disp: sitk.Image) -> dict:
+    """Scores of one displacement field on one case (see module docstring)."""
+    if disp.GetSize() != case.fixed.GetSize():
+        raise ValueError(f"field size {disp.GetSize()} is not the fixed grid {case.fixed.GetSize()}")
+    out: dict = {}
+    if case.landmarks is not None:
+        e = tre(disp, *case.landmarks)
+        out.update(tre_mean=float(e.mean()), tre_median=float(np.median(e)), tre_p90=float(np.percentile(e, 90)),
+                   tre_max=float(e.max()), n_landmarks=int(len(e)))
+    if case.fixed_labels is not None and case.moving_labels is not None:
+        warped = sitk.GetArrayFromImage(_warp_labels(case.moving_labels, disp, case.fixed))
+        fl = sitk.GetArrayFromImage(case.fixed_labels)
+        if case.mask is not None:
+            m = sitk.GetArrayFromImage(case.mask).astype(bool)
+            warped = np.where(m, warped, 0)
+            fl = np.where(m, fl, 0)
+        labels = case.dice_labels or [int(v) for v in np.unique(fl) if v != 0]
+        d = dice(fl, warped, labels=labels)
+        out["dice_mean"] = d.pop("mean")
+        out["dice"] = {str(k): float(v) for k, v in d.items()}
+    if case.gt_displacement is not None:
+        err = np.linalg.norm(sitk.GetArrayFromImage(disp) - sitk.GetArrayFromImage(case.gt_displacement), axis=-1)
+        m = sitk.GetArrayFromImage(case.fixed_labels).astype(bool) if case.fixed_labels is not None else None
+        if case.mask is not None:
+            mm = sitk.GetArrayFromImage(case.mask).astype(bool)
+            m = mm if m is None else (m & mm)
+        out["field_error_mean"] = float(err[m].mean() if m is not None and m.any() else err.mean())
+    out["folding_percent"] = folding_percent(disp)
+    out["sdlogj"] = sdlogj(disp)
+    return out
+
+
+def _fmt(v, nd=2):
+    if v is None:
+        return "–"
+    if isinstance(v, float) and not np.isfinite(v):
+        return "nan"
+    return f"{v:.{nd}f}"
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| case | method | TRE mean (mm) | TRE median (mm) | Dice | field error (mm) | folding % | SDlogJ "
+            "| time (s) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    lines = [head]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['case']} | {r['method']} | failed: {r['error'][:80]} | | | | | | |")
+            continue
+        lines.append(f"| {r['case']} | {r['method']} | {_fmt(r.get('tre_mean'))} | {_fmt(r.get('tre_median'))} | "
+                     f"{_fmt(r.get('dice_mean'), 3)} | {_fmt(r.get('field_error_mean'))} | "
+                     f"{_fmt(r.get('folding_percent'), 3)} | {_fmt(r.get('sdlogj'), 3)} | {_fmt(r.get('time_s'), 1)} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--methods", default="identity,elastix,totalreg",
+                    help="comma list of: " + ", ".join(METHODS))
+    ap.add_argument("--cases", default=",".join(CASES), help="comma list of: " + ", ".join(CASES))
+    ap.add_argument("--synth-spacing", type=float, default=4.0, help="synthetic pair voxel size, mm")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads for elastix (default: all)")
+    ap.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    ap.add_argument("--no-check", action="store_true", help="skip elastix's pure-translation convention check")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the rows of results.json (beside --out) for (case, method) pairs not re-run now")
+    ap.add_argument("--merge-json", action="append", default=[],
+                    help="also merge the rows of this results.json (e.g. from a run elsewhere); repeatable")
+    args = ap.parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    cases = [c.strip() for c in args.cases.split(",") if c.strip() and c.strip() != "none"]
+    for m in methods:
+        if m not in METHODS:
+            ap.error(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+    for c in cases:
+        if c not in CASES:
+            ap.error(f"unknown case {c!r}; choose from {', '.join(CASES)}")
+    if "totalreg" in methods:
+        try:
+            from registration_core import register  # noqa: F401
+        except ImportError as exc:
+            print(f"[bench] engine not available ({exc}); running without totalreg", file=sys.stderr)
+            methods.remove("totalreg")
+    check = None
+    if "elastix" in methods and not args.no_check and cases:
+        from elastix_baseline import check_convention
+
+        check = check_convention()
+        print(f"[bench] elastix convention check (pure translation): mean |d - t| = {check:.3f} mm", flush=True)
+
+    rows, notes = [], {}
+    out = Path(args.out)
+    json_path = out.parent / "results.json"
+    base_rows = []   # rows merged from earlier runs (read once, before this run writes anything)
+    if args.merge or args.merge_json:
+        seen = set()
+        for src in [Path(p) for p in args.merge_json] + ([json_path] if args.merge and json_path.exists() else []):
+            for r in json.loads(src.read_text()):
+                key = (r.get("case_key"), r.get("method"))
+                if key not in seen:
+                    seen.add(key)
+                    base_rows.append(r)
+
+    def write(rows, final):
+        """Merge with earlier rows, render RESULTS.md and results.json (after every row, so nothing is lost)."""
+        nonlocal check
+        done = {(r["case_key"], r["method"]) for r in rows}
+        old_rows = [r for r in base_rows if (r.get("case_key"), r.get("method")) not in done]
+        order = list(CASES)
+        meth_order = list(METHODS)
+        rows = sorted(old_rows + rows, key=lambda r: (order.index(r["case_key"]) if r["case_key"] in order else 99,
+                                                      meth_order.index(r["method"]) if r["method"] in meth_order
+                                                      else 99))
+        for r in old_rows:
+            notes.setdefault(r["case"], r.get("note", ""))
+        if check is None:
+            check = next((r.get("elastix_check_mm") for r in old_rows if r.get("elastix_check_mm") is not None), None)
+        md = table(rows)
+        if final:
+            print("\n" + md)
+        header = [
+            "# Accuracy benchmark (bench/accuracy/run.py)",
+            "",
+            (f"Run {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} on {platform.machine()}, "
+             f"{os.cpu_count()} CPU cores (shared), no GPU unless stated in the engine report; "
+             f"total {time.perf_counter() - t_start:.0f} s." if cases else
+             f"Assembled {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from earlier runs' "
+             f"results.json (--merge) on {platform.machine()}, {os.cpu_count()} shared CPU cores, no GPU."),
+            "Times are registration wall times and depend on machine load (CPU runs shared with other jobs).",
+            f"Command: `python3 bench/accuracy/run.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
+            "",
+            "Methods: `identity` = no registration (d = 0); `elastix` = itk-elastix affine + B-spline, default "
+            "parameter maps, final grid 10 mm, all cores; `totalreg` = this engine, `registration_core.register` "
+            "with its default config.",
+            "Metrics: TRE = |p + d(p) − q| over the case's landmarks (mm); Dice = moving labels warped with the field "
+            "(nearest neighbour) vs fixed labels, mean over the labels listed per case, scored where the moving scan "
+            "is defined; field error = mean |d − d_GT| (mm) inside the labelled body where the ground truth field is "
+            "known; folding % = voxels with J ≤ 0 over the whole field; SDlogJ = Learn2Reg definition "
+            "(std log(clip(J + 3)), 2-voxel border cropped); time = registration wall time (s)."
+            + (f" elastix displacement convention checked on a pure translation: mean error {check:.3f} mm."
+               if check is not None else ""),
+            "",
+            md,
+            "",
+            "Cases:",
+            *[f"- **{k}**: {v}" for k, v in notes.items()],
+            "",
+        ]
+        out.write_text("\n".join(header))
+        json_path.write_text(json.dumps(rows, indent=1, default=str))
+        if final:
+            print(f"[bench] wrote {out}")
+        return rows
+
+    t_start = time.perf_counter()
+    for cname in cases:
+        t0 = time.perf_counter()
+        factory = CASES[cname]
+        case = factory(args.synth_spacing) if cname.startswith("synth") else factory()
+        notes[case.name] = case.note
+        print(f"[bench] case {case.name}: fixed {case.fixed.GetSize()} moving {case.moving.GetSize()} "
+              f"(prepared in {time.perf_counter() - t0:.1f} s)", flush=True)
+        for mname in methods:
+            row = {"case": case.name, "case_key": cname, "method": mname, "note": case.note}
+            if mname == "elastix" and check is not None:
+                row["elastix_check_mm"] = check
+            try:
+                disp, info = METHODS[mname](case.fixed, case.moving, args.threads)
+                row.update(evaluate(case, disp))
+                row["time_s"] = float(info.get("time_s", float("nan")))
+                if "report" in info:
+                    row["report"] = info["report"]
+            except Exception as exc:  # a failing method must not hide the others' numbers
+                row["error"] = f"{type(exc).__name__}: {exc}"
+                traceback.print_exc()
+            rows.append(row)
+            print(table([row]).splitlines()[-1], flush=True)
+            write(rows, final=False)
+    rows = write(rows, final=True)
+    return 0 if not any("error" in r for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
