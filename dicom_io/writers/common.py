@@ -150,3 +150,31 @@ def body_part_and_laterality(ds: Dataset, current: SeriesVolume) -> None:
             ds.Laterality = first.Laterality
     else:
         ds.Laterality = ""
+
+
+def new_registration_dataset(current: SeriesVolume, sop_class_uid: str, *, equipment: Equipment, da: str, tm: str,
+                             series_number: int, series_description: str, instance_number: int,
+                             label: str) -> Dataset:
+    """The parts every registration object (rigid REG, DSR) shares: patient/study of the CURRENT study copied
+    exactly, new SOP Instance and Series UIDs, Modality REG, the current Frame of Reference, equipment, instance
+    number, content date/time and label. ``da``/``tm`` are DICOM DA/TM strings."""
+    from highdicom import UID
+
+    ds = Dataset()
+    copy_patient_study(ds, current)
+    ds.SOPClassUID = sop_class_uid
+    ds.SOPInstanceUID = UID()
+    ds.InstanceCreationDate, ds.InstanceCreationTime = da, tm
+    ds.Modality = "REG"
+    ds.SeriesInstanceUID = UID()
+    ds.SeriesNumber = series_number
+    ds.SeriesDescription = series_description
+    ds.SeriesDate, ds.SeriesTime = da, tm
+    body_part_and_laterality(ds, current)
+    ds.FrameOfReferenceUID = current.frame_of_reference_uid
+    ds.PositionReferenceIndicator = current.datasets[0].get("PositionReferenceIndicator", "") or ""
+    equipment.apply(ds)
+    ds.InstanceNumber = instance_number
+    ds.ContentDate, ds.ContentTime = da, tm
+    ds.ContentLabel = content_label(label)
+    return ds

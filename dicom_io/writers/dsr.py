@@ -18,15 +18,14 @@ import datetime as _dt
 
 import numpy as np
 import SimpleITK as sitk
-from highdicom import UID
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from ..errors import DicomInputError
 from ..geometry import ds_list
 from ..reader import SeriesVolume
-from .common import (Equipment, check_same_patient, code_item, common_instance_reference, content_label,
-                     body_part_and_laterality, copy_patient_study, file_meta_for, now_da_tm, referenced_image_sequence)
+from .common import (Equipment, check_same_patient, code_item, common_instance_reference, file_meta_for,
+                     new_registration_dataset, now_da_tm, referenced_image_sequence)
 
 DSR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.3"
 IDENTITY16 = [1.0, 0, 0, 0, 0, 1.0, 0, 0, 0, 0, 1.0, 0, 0, 0, 0, 1.0]
@@ -121,23 +120,9 @@ def write_dsr(
     vectors = sample_field(displacement, grid)
     da, tm = now_da_tm(now)
 
-    ds = Dataset()
-    copy_patient_study(ds, current)
-    ds.SOPClassUID = DSR_SOP_CLASS
-    ds.SOPInstanceUID = UID()
-    ds.InstanceCreationDate, ds.InstanceCreationTime = da, tm
-    ds.Modality = "REG"
-    ds.SeriesInstanceUID = UID()
-    ds.SeriesNumber = series_number
-    ds.SeriesDescription = series_description
-    ds.SeriesDate, ds.SeriesTime = da, tm
-    body_part_and_laterality(ds, current)
-    ds.FrameOfReferenceUID = current.frame_of_reference_uid
-    ds.PositionReferenceIndicator = current.datasets[0].get("PositionReferenceIndicator", "") or ""
-    equipment.apply(ds)
-    ds.InstanceNumber = instance_number
-    ds.ContentDate, ds.ContentTime = da, tm
-    ds.ContentLabel = content_label("DEFORMABLE_REG")
+    ds = new_registration_dataset(current, DSR_SOP_CLASS, equipment=equipment, da=da, tm=tm,
+                                  series_number=series_number, series_description=series_description,
+                                  instance_number=instance_number, label="DEFORMABLE_REG")
     ds.ContentDescription = (f"Deformable registration of prior {prior.study_date} to current {current.study_date}"
                              )[:64]
     ds.ContentCreatorName = content_creator
