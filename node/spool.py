@@ -128,14 +128,7 @@ class Spool:
             if self.fsync:
                 fsync_dir(path.parent)
         except OSError as exc:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            if exc.errno in (28, 122):  # ENOSPC, EDQUOT
-                self._account(0, full=True)
-                raise SpoolFullError(f"spool disk is full while writing {path.name}") from None
-            raise
+            self._write_failed(tmp, path, exc)
         self._account(len(data))
 
     def write_data(self, path: Path, data: bytes) -> Path:
@@ -168,16 +161,20 @@ class Spool:
                 os.close(fd)
             os.replace(tmp, path)
         except OSError as exc:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            if exc.errno in (28, 122):  # ENOSPC, EDQUOT
-                self._account(0, full=True)
-                raise SpoolFullError(f"spool disk is full while writing {path.name}") from None
-            raise
+            self._write_failed(tmp, path, exc)
         self._account(len(data))
         return folder
+
+    def _write_failed(self, tmp: str, path: Path, exc: OSError) -> None:
+        """Remove the temporary file of a failed write and re-raise: SpoolFullError when the disk is full."""
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if exc.errno in (28, 122):  # ENOSPC, EDQUOT
+            self._account(0, full=True)
+            raise SpoolFullError(f"spool disk is full while writing {path.name}") from None
+        raise exc
 
     def cleanup_partials(self) -> int:
         """Remove temporary files left by a crash mid-write; returns how many were removed."""
