@@ -38,11 +38,20 @@ def _receiver_children(parent: int) -> list[int]:
 
 
 def _alive(pid: int) -> bool:
+    """True while any thread of ``pid`` still runs. A killed multi-threaded process shows its leader as a zombie
+    while other threads (one finishing an fsync, say) still exit and hold its sockets, so every task is checked."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
         return False
-    return state != "Z"
+    for t in tasks:
+        try:
+            state = (t / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state not in ("Z", "X"):
+            return True
+    return False
 
 
 def _listeners(port: int) -> int:
@@ -123,6 +132,8 @@ def test_two_receiver_processes_store_every_instance_and_die_with_the_node(node_
     while any(_alive(c) for c in children) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(c) for c in children), "a receiver child outlived the killed node"
+    while _listeners(node.port) and time.monotonic() < deadline:  # the kernel closes a dead task's sockets
+        time.sleep(0.1)
     assert _listeners(node.port) == 0
     with socket.socket() as probe:  # nothing listens: a plain bind (no SO_REUSEPORT) gets the port
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
