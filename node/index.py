@@ -14,8 +14,8 @@ header with :meth:`IndexWriter.index`, which blocks until its batch is durable. 
 everything queued (up to ``max_batch``), ``fsync``-s each distinct spool folder of the batch once (making the
 renames durable), then records the whole batch in ONE transaction (one WAL commit, ``synchronous=FULL``), and
 only then wakes the handlers, which answer 0x0000.  A batch of new instances of studies/series already
-receiving is written with :func:`record_new_instances` (multi-row INSERT + one counter UPDATE per study and
-series); anything else (new study, re-send, late instance) goes through :func:`record_instance` per instance.
+receiving is written with :func:`record_new_instances` on a Core connection (pre-built statements: one guarded
+counter UPDATE per study and series, one multi-row INSERT; no ORM objects, no reads); anything else (new study, re-send, late instance) goes through :func:`record_instance` per instance.
 So an acknowledged instance is always: file data fsynced, rename fsynced, index row committed — exactly the
 guarantee of the one-instance-per-transaction path, with the fsyncs and the commit shared by every association.  If the batch transaction fails, each of its instances is
 retried alone in its own transaction, so a bad instance fails only itself (0xA700, reason logged).  The queue is
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.dataset import Dataset
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -256,16 +256,33 @@ def record_instance(session: Session, ds: Dataset, *, path: Path, size: int, sha
     return RecordResult(status, study_uid, late)
 
 
-def record_new_instances(session: Session, entries: list[tuple[Dataset, dict]],
+_T_INSTANCE, _T_STUDY, _T_SERIES = Instance.__table__, Study.__table__, Series.__table__
+#: the fast path's statements, built once (no per-call statement construction or cache-key generation)
+_FAST_STUDY = (update(_T_STUDY)
+               .where(_T_STUDY.c.study_uid == bindparam("b_uid"), _T_STUDY.c.state == STUDY_RECEIVING,
+                      _T_STUDY.c.n_instances > 0)
+               .values(n_instances=_T_STUDY.c.n_instances + bindparam("b_n"),
+                       size_bytes=_T_STUDY.c.size_bytes + bindparam("b_bytes"), last_received_at=bindparam("b_now")))
+_FAST_SERIES = (update(_T_SERIES).where(_T_SERIES.c.series_uid == bindparam("b_uid"))
+                .values(n_instances=_T_SERIES.c.n_instances + bindparam("b_n"), last_received_at=bindparam("b_now")))
+_FAST_INSERT = insert(_T_INSTANCE)
+
+
+class _NotFastPath(Exception):
+    """The batch needs :func:`record_instance` (new study or series, a study no longer receiving, a re-send)."""
+
+
+def record_new_instances(conn, entries: list[tuple[Dataset, dict]],
                          now: _dt.datetime | None = None) -> list[RecordResult] | None:
-    """Fast path of :func:`record_instance` for a batch, in the caller's transaction; None (nothing written) when
-    any instance needs the general path.
+    """Fast path of :func:`record_instance` for a batch, on a Core connection inside the caller's transaction.
 
     ``entries``: (header, record_instance keyword arguments) pairs.  Applies only when every SOP instance is new
-    (not indexed, not twice in the batch) and every study is already ``receiving`` with instances and every series
+    (not indexed, not twice in the batch), every study is already ``receiving`` with instances and every series
     exists: then record_instance would only insert the instance rows and add to the study/series counters and
-    "last received" times, which this does with one multi-row INSERT and one atomic ``UPDATE ... SET n = n + k``
-    per study and series (no ORM objects; the study rows are locked FOR UPDATE on PostgreSQL first)."""
+    "last received" times, which this does with one guarded ``UPDATE ... SET n = n + k WHERE state='receiving'``
+    per study (which also locks the study row on PostgreSQL, as record_instance's FOR UPDATE does), one per
+    series, and one multi-row INSERT.  Returns None when the batch does not qualify; the caller must then roll
+    the transaction back (statements may have run) and take the general path."""
     now = now or utcnow()
     rows, per_study, per_series = [], {}, {}
     for ds, kw in entries:
@@ -282,28 +299,17 @@ def record_new_instances(session: Session, entries: list[tuple[Dataset, dict]],
     uids = [r["sop_instance_uid"] for r in rows]
     if not rows or len(set(uids)) != len(uids):
         return None
-    for i in range(0, len(uids), 500):
-        if session.execute(select(Instance.id).where(Instance.sop_instance_uid.in_(uids[i:i + 500])).limit(1)).first():
+    for uid in sorted(per_study):  # one lock order for every writer
+        n, b = per_study[uid]
+        if conn.execute(_FAST_STUDY, {"b_uid": uid, "b_n": n, "b_bytes": b, "b_now": now}).rowcount != 1:
             return None
-    q = select(Study.study_uid, Study.state, Study.n_instances).where(Study.study_uid.in_(list(per_study)))
-    if _savepoints(session):  # PostgreSQL: hold the study rows until commit (as record_instance does)
-        q = q.with_for_update()
-    studies = session.execute(q).all()
-    if len(studies) != len(per_study) or any(r[1] != STUDY_RECEIVING or not r[2] for r in studies):
+    for uid in sorted(per_series):
+        if conn.execute(_FAST_SERIES, {"b_uid": uid, "b_n": per_series[uid], "b_now": now}).rowcount != 1:
+            return None
+    try:
+        conn.execute(_FAST_INSERT, rows)
+    except IntegrityError:  # an instance is indexed already (a re-send): the general path decides
         return None
-    n_series = session.execute(select(func.count()).select_from(Series)
-                               .where(Series.series_uid.in_(list(per_series)))).scalar_one()
-    if n_series != len(per_series):
-        return None
-    session.execute(insert(Instance), rows)
-    for uid, (n, b) in per_study.items():
-        session.execute(update(Study).where(Study.study_uid == uid)
-                        .values(n_instances=Study.n_instances + n, size_bytes=Study.size_bytes + b,
-                                last_received_at=now).execution_options(synchronize_session=False))
-    for uid, n in per_series.items():
-        session.execute(update(Series).where(Series.series_uid == uid)
-                        .values(n_instances=Series.n_instances + n, last_received_at=now)
-                        .execution_options(synchronize_session=False))
     return [RecordResult("new", r["study_uid"], False) for r in rows]
 
 
@@ -506,6 +512,24 @@ class IndexWriter:
         if rest:
             self._commit(rest)
 
+    def _fast(self, todo: list) -> list[RecordResult] | None:
+        """The batch through :func:`record_new_instances` in its own transaction; None (rolled back) when it
+        needs the general path."""
+        conn = self.db.engine.connect()
+        try:
+            tx = conn.begin()
+            try:
+                results = record_new_instances(conn, [(it.ds, it.kw) for it in todo])
+            except IntegrityError:
+                results = None
+            if results is None:
+                tx.rollback()
+            else:
+                tx.commit()
+            return results
+        finally:
+            conn.close()
+
     def _commit(self, batch: list) -> None:
         from .spool import fsync_dir
         if self.fsync_dirs:
@@ -521,9 +545,9 @@ class IndexWriter:
         if not todo:
             return
         try:
-            with self.db.session() as s:
-                results = record_new_instances(s, [(it.ds, it.kw) for it in todo])
-                if results is None:  # a new study/series, a re-send, a late instance...: the general path
+            results = self._fast(todo)
+            if results is None:  # a new study/series, a re-send, a late instance...: the general path
+                with self.db.session() as s:
                     cache = BatchCache(s, [_s(it.ds, "SOPInstanceUID") for it in todo])
                     results = [record_instance(s, it.ds, cache=cache, **it.kw) for it in todo]
         except Exception as exc:  # noqa: BLE001 - find the culprit(s): one transaction per instance
