@@ -43,6 +43,8 @@ class RegistrationConfig:
     lncc_radius_vox: int | None = 2
     adam_eps: float | None = 1e-2
     smoothness: float = 0.1
+    folding_weight: float = 10.0
+    folding_floor: float = 0.2
     field_smoothing_passes: int = 1
     learning_rate_mm: float = 0.5
     min_overlap: float = 0.5

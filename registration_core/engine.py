@@ -22,7 +22,8 @@ from .instance_opt import optimise_field, resize, warp_same_grid
 from .io import check_image
 from .preprocess import Prepared, normalise
 from .similarity import masked_ncc
-from .torchutil import peak_memory_bytes, pick_device, to_tensor, world_points
+from .torchutil import (peak_memory_bytes, pick_device, release_free_memory, to_tensor, tune_allocator,
+                        world_points)
 from .warp import full_field_and_warp
 
 __version__ = "0.1.0"
@@ -148,6 +149,7 @@ def register(fixed: sitk.Image, moving: sitk.Image, config: RegistrationConfig |
     check_image(fixed, "fixed (current) image")
     check_image(moving, "moving (prior) image")
     device = pick_device(cfg.device)
+    tune_allocator()
     threads_before = torch.get_num_threads()
     threads = _pick_threads(cfg, device)
     torch.set_num_threads(threads)
@@ -270,7 +272,8 @@ def _register(fixed, moving, cfg: RegistrationConfig, progress: bool, device, t_
             u, info = optimise_field(f, m, weight, grid, spacings, iters, cfg.lncc_radius_mm, cfg.smoothness,
                                      cfg.field_smoothing_passes, cfg.learning_rate_mm, init_u, progress=bar,
                                      control_factor=cfg.control_factor, radius_vox=cfg.lncc_radius_vox,
-                                     adam_eps=cfg.adam_eps)
+                                     adam_eps=cfg.adam_eps, folding_weight=cfg.folding_weight,
+                                     folding_floor=cfg.folding_floor)
         else:
             u = init_u if init_u is not None else torch.zeros(1, 3, *f.shape[-3:], device=device)
             info = {"levels": []}
@@ -281,6 +284,8 @@ def _register(fixed, moving, cfg: RegistrationConfig, progress: bool, device, t_
         # 6. total field on FIXED's exact grid + warped moving
         bar.stage("full resolution")
         t = time.perf_counter()
+        del f, m, weight, body, body_d, va
+        release_free_memory()  # the optimiser's cached temporaries must not sit under the full-size outputs
         disp_img, warped = full_field_and_warp(fixed, aff, grid, u, moving, -1024.0, device)
         times["full_resolution"] = time.perf_counter() - t
         bar.update(1)

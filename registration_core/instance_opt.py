@@ -49,6 +49,27 @@ def diffusion(u: torch.Tensor, spacing: float) -> torch.Tensor:
     return (dz.pow(2).mean() + dy.pow(2).mean() + dx.pow(2).mean())
 
 
+def jacobian_det(u: torch.Tensor, spacing: float) -> torch.Tensor:
+    """Determinant of the Jacobian of x -> x + u(x) by central differences on the interior voxels of a
+    [1, 3, D, H, W] field (u in mm, channels x/y/z; ``spacing`` mm): [D-2, H-2, W-2], dimensionless."""
+    c = u[0] / (2 * spacing)
+    dx = c[:, 1:-1, 1:-1, 2:] - c[:, 1:-1, 1:-1, :-2]  # d(u_x, u_y, u_z)/dx
+    dy = c[:, 1:-1, 2:, 1:-1] - c[:, 1:-1, :-2, 1:-1]
+    dz = c[:, 2:, 1:-1, 1:-1] - c[:, :-2, 1:-1, 1:-1]
+    a, b, cc = dx[0] + 1, dy[0], dz[0]
+    d, e, f = dx[1], dy[1] + 1, dz[1]
+    g, h, i = dx[2], dy[2], dz[2] + 1
+    return a * (e * i - f * h) - b * (d * i - f * g) + cc * (d * h - e * g)
+
+
+def folding_penalty(u: torch.Tensor, spacing: float, floor: float = 0.2) -> torch.Tensor:
+    """Mean of relu(floor - det J)^2 over the field: zero while every local volume change stays above ``floor``,
+    growing quadratically as the field approaches and passes folding (det J <= 0)."""
+    if min(u.shape[-3:]) < 3:
+        return u.new_zeros(())
+    return F.relu(floor - jacobian_det(u, spacing)).pow(2).mean()
+
+
 def warp_same_grid(m: torch.Tensor, u: torch.Tensor, grid: WorkGrid, ident=None) -> torch.Tensor:
     """m(x + u(x)) for m, u on the same grid (u in mm, channels x/y/z); linear, zeros outside."""
     if ident is None:
@@ -60,8 +81,11 @@ def warp_same_grid(m: torch.Tensor, u: torch.Tensor, grid: WorkGrid, ident=None)
 
 def optimise_field(f, m, weight, grid: WorkGrid, spacings, iterations, radius_mm=5.0, smoothness=1.0,
                    passes=1, lr_mm=0.5, init_u=None, progress=None,
-                   control_factor: float = 2.0, radius_vox: int | None = None, adam_eps: float | None = None) -> tuple[torch.Tensor, dict]:
-    """Dense field u (mm, [1, 3, D, H, W] on ``grid``) maximising LNCC(f, m(x+u)) - smoothness * diffusion(u).
+                   control_factor: float = 2.0, radius_vox: int | None = None, adam_eps: float | None = None,
+                   folding_weight: float = 0.0, folding_floor: float = 0.2) -> tuple[torch.Tensor, dict]:
+    """Dense field u (mm, [1, 3, D, H, W] on ``grid``) maximising LNCC(f, m(x+u)) - smoothness * diffusion(u)
+    - folding_weight * folding_penalty(u) (the last on the control grid: it keeps det J above ``folding_floor``
+    where the similarity would pull the field into folds, e.g. at sliding organ boundaries).
 
     f, m: normalised images on ``grid`` ([1, 1, D, H, W]); weight: loss weight (fixed body x moving FOV).
     spacings/iterations: levels coarse to fine (mm / Adam steps). init_u: start field on ``grid`` (mm) or None.
@@ -94,7 +118,10 @@ def optimise_field(f, m, weight, grid: WorkGrid, spacings, iterations, radius_mm
             u = F.interpolate(u_c, size=size, mode="trilinear", align_corners=True)
             warped = warp_same_grid(m_l, u, g, ident)
             s = lncc(warped)
-            loss = (-s + smoothness * diffusion(u_c, ctrl_spacing)) * scale
+            loss = -s + smoothness * diffusion(u_c, ctrl_spacing)
+            if folding_weight:
+                loss = loss + folding_weight * folding_penalty(u_c, ctrl_spacing, folding_floor)
+            loss = loss * scale
             loss.backward()
             opt.step()
             sim = float(s.detach())

@@ -82,25 +82,88 @@ def check_image(img: sitk.Image, what: str = "image", allow_vector: bool = False
         raise RegistrationInputError(f"{what} has an invalid (non-orthonormal) orientation matrix")
 
 
+def _gzip_threads() -> int:
+    try:
+        return max(1, min(4, len(os.sched_getaffinity(0))))
+    except (AttributeError, OSError):  # pragma: no cover - non-Linux
+        return 2
+
+
 def _write_nii_gz(img: sitk.Image, path: Path, level: int) -> None:
     """Write ``.nii.gz``: ITK writes the plain NIfTI (geometry handled by ITK), ISA-L's igzip compresses it.
 
-    A .nii.gz is exactly a gzip stream of the .nii; igzip compresses ~10x faster than ITK's zlib, which matters for
-    whole-body displacement fields (1.5 GB of float32 vectors: ~5 s instead of ~60 s on one core).
+    A .nii.gz is exactly a gzip stream of the .nii; igzip compresses ~10x faster than ITK's zlib, on several
+    threads, which matters for whole-body displacement fields (1.5 GB of float32 vectors: ~3 s instead of ~60 s).
+    ITK writes into a named pipe that the compressor reads, so the plain file never touches the disk (fallback:
+    a temporary plain file next to the output where a pipe cannot be made).
     """
     try:
-        from isal import igzip as gz
+        from isal import igzip_threaded
+
         level = min(max(level, 0), 3)  # ISA-L levels are 0..3
+
+        def open_gz(target):
+            return igzip_threaded.open(target, "wb", compresslevel=level, threads=_gzip_threads())
     except ImportError:  # pragma: no cover - isal is a dependency; plain gzip is the fallback
-        import gzip as gz
-    base = path.name[:-len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.name
-    plain = path.with_name(base + ".plain.nii")
+        import gzip
+
+        def open_gz(target):
+            return gzip.open(target, "wb", compresslevel=level)
+    import tempfile
+    import threading
+
+    pipe_dir = None
     try:
-        sitk.WriteImage(img, str(plain), False)
-        with open(plain, "rb") as src, gz.open(path, "wb", compresslevel=level) as dst:
-            shutil.copyfileobj(src, dst, 16 << 20)
+        pipe_dir = Path(tempfile.mkdtemp(prefix="totalreg-nii-"))
+        source = pipe_dir / "image.nii"
+        os.mkfifo(source, 0o600)
+    except OSError:
+        if pipe_dir is not None:
+            shutil.rmtree(pipe_dir, ignore_errors=True)
+        pipe_dir = None
+        base = path.name[:-len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.name
+        source = path.with_name(base + ".plain.nii")
+    errors: list[BaseException] = []
+
+    def compress() -> None:
+        try:
+            with open(source, "rb") as src, open_gz(path) as dst:
+                shutil.copyfileobj(src, dst, 16 << 20)
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
+            errors.append(exc)
+            try:  # drain the pipe so that ITK's writer sees EOF/EPIPE and returns instead of blocking
+                with open(source, "rb") as src:
+                    while src.read(16 << 20):
+                        pass
+            except OSError:
+                pass
+
+    try:
+        if pipe_dir is None:
+            sitk.WriteImage(img, str(source), False)
+            compress()
+        else:
+            worker = threading.Thread(target=compress, name="nii-gzip", daemon=True)
+            worker.start()
+            try:
+                sitk.WriteImage(img, str(source), False)
+            finally:
+                # if ITK failed before it opened the pipe, the reader still waits in open(): connect and close a
+                # writer so that it sees EOF (ENXIO: the reader has not reached open() yet - try again)
+                while worker.is_alive():
+                    try:
+                        os.close(os.open(source, os.O_WRONLY | os.O_NONBLOCK))
+                        break
+                    except OSError:
+                        worker.join(0.01)
+                worker.join()
+        if errors:
+            raise RuntimeError(f"compressing failed: {errors[0]}")
     finally:
-        plain.unlink(missing_ok=True)
+        if pipe_dir is not None:
+            shutil.rmtree(pipe_dir, ignore_errors=True)
+        else:
+            source.unlink(missing_ok=True)
 
 
 def write_image(img: sitk.Image, path: str | os.PathLike, compression_level: int = 1) -> Path:

