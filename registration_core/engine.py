@@ -273,7 +273,7 @@ def _register(fixed, moving, cfg: RegistrationConfig, progress: bool, device, t_
                                      cfg.field_smoothing_passes, cfg.learning_rate_mm, init_u, progress=bar,
                                      control_factor=cfg.control_factor, radius_vox=cfg.lncc_radius_vox,
                                      adam_eps=cfg.adam_eps, folding_weight=cfg.folding_weight,
-                                     folding_floor=cfg.folding_floor)
+                                     folding_floor=cfg.folding_floor, valid=va)
         else:
             u = init_u if init_u is not None else torch.zeros(1, 3, *f.shape[-3:], device=device)
             info = {"levels": []}

@@ -98,8 +98,9 @@ def phantom(cfg, seed: int = 0) -> dict:
 
 
 def make_wholebody(out: Path, seed: int = 0) -> None:
-    """Write a whole-body-sized pair: fixed 512x512x500 @ 0.8x0.8x1.0 mm, moving 480x480x400 @ 0.85x0.85x1.25 mm
-    (synthetic longitudinal pair rendered at 2.5 mm, then upsampled linearly), int16 NIfTI."""
+    """Write a whole-body-sized pair: fixed 512x512x500 @ 0.8x0.8x1.0 mm, moving 480x480x339 @ 0.85x0.85x1.25 mm
+    (synthetic longitudinal pair rendered at 2.5 mm, then upsampled linearly; the prior's 422 mm field of view is
+    that of the rendered prior, not padded with air), int16 NIfTI, plus landmarks.csv (100 exact pairs)."""
     from .synthetic import make_longitudinal_pair
 
     out.mkdir(parents=True, exist_ok=True)
@@ -109,6 +110,9 @@ def make_wholebody(out: Path, seed: int = 0) -> None:
         ext = np.asarray(img.GetSpacing()) * (np.asarray(img.GetSize()) - 1)
         d = np.asarray(img.GetDirection()).reshape(3, 3)
         centre = np.asarray(img.GetOrigin()) + d @ (ext / 2)
+        # never beyond the rendered scan: padding with air would put an 'end of the body' inside the image,
+        # which no real scan has (its anatomy is cut at the image border)
+        size = tuple(int(min(n, np.floor(e / s + 1e-6) + 1)) for n, e, s in zip(size, ext, sp))
         new_ext = np.asarray(sp) * (np.asarray(size) - 1)
         origin = centre - d @ (new_ext / 2)
         big = sitk.Resample(img, list(size), sitk.Transform(), sitk.sitkLinear, origin.tolist(), list(sp),

@@ -82,12 +82,17 @@ def warp_same_grid(m: torch.Tensor, u: torch.Tensor, grid: WorkGrid, ident=None)
 def optimise_field(f, m, weight, grid: WorkGrid, spacings, iterations, radius_mm=5.0, smoothness=1.0,
                    passes=1, lr_mm=0.5, init_u=None, progress=None,
                    control_factor: float = 2.0, radius_vox: int | None = None, adam_eps: float | None = None,
-                   folding_weight: float = 0.0, folding_floor: float = 0.2) -> tuple[torch.Tensor, dict]:
+                   folding_weight: float = 0.0, folding_floor: float = 0.2,
+                   valid: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Dense field u (mm, [1, 3, D, H, W] on ``grid``) maximising LNCC(f, m(x+u)) - smoothness * diffusion(u)
     - folding_weight * folding_penalty(u) (the last on the control grid: it keeps det J above ``folding_floor``
     where the similarity would pull the field into folds, e.g. at sliding organ boundaries).
 
-    f, m: normalised images on ``grid`` ([1, 1, D, H, W]); weight: loss weight (fixed body x moving FOV).
+    f, m: normalised images on ``grid`` ([1, 1, D, H, W]); weight: loss weight (fixed body, or body x moving FOV).
+    valid: where ``m`` holds moving-image data (1) rather than the fill value outside the moving field of view
+    (0); at each level it is eroded by the LNCC window radius, so that no window that sees the edge of the moving
+    field of view drives the field (that edge is no anatomy: matching it stretched the field by 10-20 mm over
+    the last 50 mm of a scan whose ends the other scan does not cover).
     spacings/iterations: levels coarse to fine (mm / Adam steps). init_u: start field on ``grid`` (mm) or None.
     Returns (u, info) with per-level final similarity.
     """
@@ -100,6 +105,9 @@ def optimise_field(f, m, weight, grid: WorkGrid, spacings, iterations, radius_mm
         ctrl = grid.resized(sp * control_factor).shape_zyx  # control grid of the field parameter
         f_l, m_l, w_l = resize(f, size), resize(m, size), resize(weight, size)
         r = int(radius_vox) if radius_vox else max(1, int(round(radius_mm / g.spacing)))
+        if valid is not None:
+            v_l = (resize(valid, size) > 0.999).to(w_l.dtype)
+            w_l = w_l * -F.max_pool3d(-v_l, 2 * r + 1, stride=1, padding=r)  # erosion by r voxels
         lncc = LNCC(f_l, w_l, r)
         ident = identity_grid(size, device)
         u_p = torch.nn.Parameter(resize(u_fine, ctrl).clone())

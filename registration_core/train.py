@@ -343,6 +343,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
     SIGTERM/SIGINT (saving first)."""
     out = Path(cfg.out)
     device = torch.device(cfg.device)
+    from .torchutil import tune_allocator
+    tune_allocator()  # CPU: keep freed tensor memory (see torchutil.tune_allocator)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     cache = Path(cfg.cache)
