@@ -90,7 +90,8 @@ class ReceiverChildren:
     # ------------------------------------------------------------------ internals
     def _spawn(self) -> subprocess.Popen:
         env = dict(os.environ, **{PARENT_ENV: str(os.getpid())})
-        p = subprocess.Popen([sys.executable, "-m", "node.receiver_child"], stdin=subprocess.PIPE,
+        # -P: never import from the working directory (a data folder named "node" there would shadow the package)
+        p = subprocess.Popen([sys.executable, "-P", "-m", "node.receiver_child"], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, env=env, close_fds=True)
         p.stdin.write(self.cfg_json.encode())
         p.stdin.close()

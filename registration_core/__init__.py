@@ -50,7 +50,7 @@ Method (the TotalRegistrator pipeline) and why:
 
 On CPU, :func:`torchutil.tune_allocator` makes glibc keep freed tensor memory (by default every temporary over
 32 MB is a fresh mmap, page-faulted and zeroed again): together with the window sums above this halved the
-whole-body registration (512x512x500 fixed, 2 cores: 135 s -> 73 s end to end, ``bench/accuracy/wholebody.py``).
+whole-body registration (~512x512x500 fixed, 2 cores: 135 s -> 75 s end to end, ``bench/accuracy/wholebody.py``).
 """
 from .config import RegistrationConfig
 from .engine import RegistrationResult, register

@@ -3,7 +3,7 @@
     python3 -m registration_core.evaluate lung [--device cpu]        # shared lung pair, TRE on 51 landmarks
     python3 -m registration_core.evaluate abdomen                    # abdomen CT under a known synthetic warp
     python3 -m registration_core.evaluate phantom [--seed N]         # synthetic longitudinal pairs (TRE, Dice)
-    python3 -m registration_core.evaluate make-wholebody OUTDIR      # 512x512x500 @ 0.8x0.8x1 mm pair on disk
+    python3 -m registration_core.evaluate make-wholebody OUTDIR      # 510x510x498 @ 0.8x0.8x1 mm pair on disk
 
 Each case prints one JSON line: TRE (mm, |p + d(p) - q|) mean/median/p90/max, affine-only TRE, Dice where
 labels exist, folding %, SDlogJ, stage times (s), CPU seconds and peak RSS (bytes).
@@ -98,7 +98,7 @@ def phantom(cfg, seed: int = 0) -> dict:
 
 
 def make_wholebody(out: Path, seed: int = 0) -> None:
-    """Write a whole-body-sized pair: fixed 512x512x500 @ 0.8x0.8x1.0 mm, moving 480x480x339 @ 0.85x0.85x1.25 mm
+    """Write a whole-body-sized pair: fixed 510x510x498 @ 0.8x0.8x1.0 mm, moving 480x480x339 @ 0.85x0.85x1.25 mm
     (synthetic longitudinal pair rendered at 2.5 mm, then upsampled linearly; the prior's 422 mm field of view is
     that of the rendered prior, not padded with air), int16 NIfTI, plus landmarks.csv (100 exact pairs)."""
     from .synthetic import make_longitudinal_pair

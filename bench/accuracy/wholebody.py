@@ -1,6 +1,6 @@
 """Whole-body-sized pair, end to end: `totalreg register` vs the itk-elastix baseline run beside it.
 
-The pair comes from ``python3 -m registration_core.evaluate make-wholebody DIR`` (fixed 512x512x500 at
+The pair comes from ``python3 -m registration_core.evaluate make-wholebody DIR`` (fixed 510x510x498 at
 0.8x0.8x1.0 mm, moving 480x480x339 at 0.85x0.85x1.25 mm, 100 landmark pairs with exact ground truth). Each method
 runs in its own process, one after the other on an otherwise idle machine, and does the same job end to end: read
 both NIfTI files, register, write ``displacement.nii.gz`` (float32, fixed grid) and ``warped.nii.gz``. Recorded:

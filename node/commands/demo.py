@@ -138,7 +138,7 @@ class NodeProcess:
 
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "node.cli", "serve", "--config",
+            self.proc = subprocess.Popen([sys.executable, "-P", "-m", "node.cli", "serve", "--config",
                                           str(self.config_path)], stdout=log, stderr=subprocess.STDOUT, env=env,
                                          cwd=self.config_path.parent, start_new_session=True)
         peer = dimse.Peer(self.ae_title, "127.0.0.1", self.port, name="node")

@@ -166,3 +166,21 @@ def test_service_reports_dead_child_restarts_it_and_stops_children(node_config):
         svc.stop(timeout=30)
     assert not _alive(second)  # SIGTERM: stopped, not orphaned
     assert _listeners(cfg.node.port) == 0
+
+
+def test_receiver_child_ignores_a_node_folder_in_the_working_directory(node_config, tmp_path, monkeypatch):
+    """A node started in a folder that holds a data folder called node/ (with spool/ inside - the demo's layout)
+    still starts its receiver children: they run `python -P -m node.receiver_child`, so the working directory
+    cannot shadow the package (it did: "cannot import name 'Spool' from 'node.spool'")."""
+    from node.service import NodeService
+    work = tmp_path / "work"
+    (work / "node" / "spool").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    cfg, _ = node_config(rules=[], node={"receiver_processes": 2})
+    svc = NodeService(cfg, workers=0, web=False)
+    svc.start()  # raised "a DICOM receiver process exited with code 1 before listening" before the fix
+    try:
+        assert svc.receiver_alive() and svc.receiver_processes() == 2
+        assert _listeners(cfg.node.port) == 2 and echo_ok(cfg.node.port)
+    finally:
+        svc.stop(timeout=30)
