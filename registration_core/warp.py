@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 
 from .geometry import WorkGrid, index_to_world
-from .torchutil import world_to_norm
 
 _SLAB_POINTS = 1_000_000  # points per slab: temporaries stay ~12 MB, reused by the allocator (no page-fault churn)
 
