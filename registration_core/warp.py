@@ -73,10 +73,16 @@ class _Sampler:
         self.vol = torch.from_numpy(np.array(arr, dtype=np.float32))[None, None].to(device)
         self.mode, self.default = mode, float(default)
 
-    def world_map(self) -> tuple[np.ndarray, np.ndarray]:
-        """(W, w) with norm = W @ world + w (float64)."""
-        w_lin = self.scale @ self.ainv
-        return w_lin, -w_lin @ self.b - 1.0
+    def on_grid_of(self, ref: sitk.Image):
+        """A function (z0, z1, d) -> samples at p + d for the voxels p of ``ref``'s slices z0..z1-1, with d
+        [nz, ny, nx, 3] float32 mm; ``ref``'s index -> world -> this image's normalised coordinates is one
+        float64 matrix, so only d is added per voxel."""
+        w_lin = self.scale @ self.ainv  # world (mm) -> normalised coordinates: norm = w_lin @ q + w_c
+        w_c = -w_lin @ self.b - 1.0
+        a, b = index_to_world(ref)
+        base = _IndexAffine(w_lin @ a, w_lin @ b + w_c, *ref.GetSize()[:2], self.vol.device)
+        w_t = torch.as_tensor(w_lin.T, dtype=torch.float32, device=self.vol.device)  # d (mm) -> norm offset
+        return lambda z0, z1, d: self(base(z0, z1) + d @ w_t)
 
     def __call__(self, g: torch.Tensor) -> torch.Tensor:
         """Sample at normalised points ``g`` [nz, ny, nx, 3] (x, y, z order); ``default`` outside."""
@@ -97,15 +103,12 @@ def _warp(moving: sitk.Image, displacement: sitk.Image, mode: str, default: floa
         raise ValueError("displacement must be a 3-component vector image")
     dev = torch.device(device)
     sampler = _Sampler(moving, dev, mode, default)
-    a_f, b_f = index_to_world(displacement)
-    w_lin, w_c = sampler.world_map()
-    base = _IndexAffine(w_lin @ a_f, w_lin @ b_f + w_c, *displacement.GetSize()[:2], dev)  # p -> norm
-    w_t = torch.as_tensor(w_lin.T, dtype=torch.float32, device=dev)  # d (mm) -> norm offset
+    sample = sampler.on_grid_of(displacement)
     d = sitk.GetArrayViewFromImage(displacement)
     out = np.empty(displacement.GetSize()[::-1], dtype=np.float32)
     for z0, z1 in _slabs(displacement):
         dd = torch.from_numpy(np.asarray(d[z0:z1], dtype=np.float32)).to(dev)
-        out[z0:z1] = sampler(base(z0, z1) + dd @ w_t).cpu().numpy()
+        out[z0:z1] = sample(z0, z1, dd).cpu().numpy()
     img = sitk.GetImageFromArray(out)
     img.CopyInformation(displacement)
     return img if out_pixel == sitk.sitkFloat32 else sitk.Cast(img, out_pixel)
@@ -153,12 +156,7 @@ def full_field_and_warp(fixed: sitk.Image, affine, grid: WorkGrid | None, u: tor
         g_c = -g_lin @ np.asarray(grid.origin, np.float64) - 1.0
         u_base = _IndexAffine(g_lin @ a_f, g_lin @ b_f + g_c, nx, ny, dev)
         u = u.to(dev, torch.float32)
-    sampler = None
-    if moving is not None:
-        sampler = _Sampler(moving, dev, "bilinear", default_value)
-        w_lin, w_c = sampler.world_map()  # q = p + d -> normalised moving coordinates
-        s_base = _IndexAffine(w_lin @ a_f, w_lin @ b_f + w_c, nx, ny, dev)
-        w_t = torch.as_tensor(w_lin.T, dtype=torch.float32, device=dev)
+    sample = _Sampler(moving, dev, "bilinear", default_value).on_grid_of(fixed) if moving is not None else None
     for z0, z1 in _slabs(fixed):
         d = d_base(z0, z1)
         if u is not None:
@@ -166,6 +164,6 @@ def full_field_and_warp(fixed: sitk.Image, affine, grid: WorkGrid | None, u: tor
                                align_corners=True)[0].permute(1, 2, 3, 0)
             d = d + uu @ m_t
         d_arr[z0:z1] = d.cpu().numpy()
-        if sampler is not None:
-            w_arr[z0:z1] = sampler(s_base(z0, z1) + d @ w_t).cpu().numpy()
+        if sample is not None:
+            w_arr[z0:z1] = sample(z0, z1, d).cpu().numpy()
     return disp, warped
