@@ -55,9 +55,10 @@ class NodeSettings(_Strict):
     fsync: bool = True
     min_free_disk_mb: int = Field(512, ge=0)  # below this the listener answers C-STORE with 0xA700 (out of resources)
     tls: TlsSettings | None = None
-    # DICOM receiver processes sharing node.port (SO_REUSEPORT: the kernel spreads associations across them), each
-    # with its own pynetdicom server and group-commit index writer on the same database and spool. One Python
-    # process caps near 150 instances/s (GIL); "auto" = min(CPU count, 4); 1 = receive in the node process only.
+    # DICOM receiver processes accepting on node.port (one socket bound by the node process; each association
+    # goes to the process with the fewest open ones), each with its own pynetdicom server and group-commit index
+    # writer on the same database and spool. One Python process is held back by the GIL with several
+    # associations; "auto" = min(CPU count, 4); 1 = receive in the node process only.
     receiver_processes: int | Literal["auto"] = "auto"
 
     @field_validator("receiver_processes")

@@ -268,10 +268,13 @@ def _private_sqlite_files(path: Path) -> None:
             pass
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, sqlite_synchronous: str = "FULL") -> Engine:
     """An engine for ``url`` (sqlite:///path or postgresql://...).
 
-    SQLite: WAL journal, 30 s busy timeout, ``BEGIN IMMEDIATE`` for every transaction, parent folder created.
+    SQLite: WAL journal, 30 s busy timeout, ``BEGIN IMMEDIATE`` for every transaction, parent folder created;
+    ``sqlite_synchronous`` FULL (every commit fsyncs the WAL) or NORMAL (the receiver's index writer: a commit
+    survives a crash of the process but not a power loss; the spool files it indexes are fsynced and
+    :func:`node.receiver.reindex_spool` re-indexes them at start-up).
     PostgreSQL: pre-ping; pass ``?options=-csearch_path%3Dmyschema`` in the URL to use a schema.
     """
     u = make_url(url)
@@ -280,6 +283,7 @@ def make_engine(url: str) -> Engine:
     if u.get_backend_name() == "sqlite":
         if u.database and u.database != ":memory:":
             _private_sqlite_files(Path(u.database))
+        sync = {"FULL": "FULL", "NORMAL": "NORMAL"}[sqlite_synchronous.upper()]
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
@@ -287,7 +291,7 @@ def make_engine(url: str) -> Engine:
             dbapi_conn.isolation_level = None  # let us emit BEGIN ourselves
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute(f"PRAGMA synchronous={sync}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
@@ -303,9 +307,9 @@ def make_engine(url: str) -> Engine:
 class Database:
     """Engine + session factory of the node database; creates the tables on first use."""
 
-    def __init__(self, url: str, create: bool = True):
+    def __init__(self, url: str, create: bool = True, sqlite_synchronous: str = "FULL"):
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, sqlite_synchronous)
         self.is_postgres = self.engine.dialect.name == "postgresql"
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._lock = threading.Lock()

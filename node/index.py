@@ -43,6 +43,17 @@ from .study import PatientIdentity, SeriesSummary, StudySummary
 log = logging.getLogger(__name__)
 
 
+#: the header attributes the index reads: the receiver decodes them before it acknowledges, so a malformed value
+#: is refused with 0xC210 at the door instead of failing the index
+INDEXED_KEYWORDS = (
+    "SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "InstanceNumber",
+    "PatientID", "IssuerOfPatientID", "PatientName", "PatientBirthDate", "PatientSex",
+    "StudyDate", "StudyTime", "StudyDescription", "AccessionNumber",
+    "Modality", "SeriesDescription", "SeriesNumber", "ImageType", "FrameOfReferenceUID", "SliceThickness",
+    "BodyPartExamined",
+)
+
+
 def _s(ds: Dataset, key: str, limit: int = 64) -> str:
     v = ds.get(key, "")
     if v is None:

@@ -22,19 +22,25 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+from pathlib import Path
 import socket
 import ssl
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 
 from pydicom import dcmread
-from pynetdicom import (ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt)
+from pynetdicom import (ALL_TRANSFER_SYNTAXES, AE, PYNETDICOM_IMPLEMENTATION_UID,
+                        PYNETDICOM_IMPLEMENTATION_VERSION, AllStoragePresentationContexts, evt)
 from pynetdicom.sop_class import Verification
 from pynetdicom.utils import make_target
-from pynetdicom.transport import ThreadedAssociationServer
 
+from . import reactor_wakeup
 from .db import Database
-from .index import IndexWriter, record_instance
+from .index import INDEXED_KEYWORDS, IndexWriter, record_instance
+from .part10 import PREAMBLE, check_sequences, file_meta_bytes, is_complete, read_header
+from .shared_listener import ReceiverLoad, SharedListenerServer
 from .spool import Spool, SpoolFullError, fsync_dir
 
 log = logging.getLogger(__name__)
@@ -69,30 +75,25 @@ def set_tcp_nodelay(event) -> None:
         pass
 
 
-class ReusePortAssociationServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with ``SO_REUSEPORT`` set before ``bind``: several receiver processes can
-    listen on the same port and the kernel spreads incoming associations (connections) across them."""
-
-    def server_bind(self) -> None:
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
-
-
 class Receiver:
     """The Storage SCP of a node: ``start()`` listens in background threads, ``stop()`` closes it.
 
-    ``reuse_port``: bind with ``SO_REUSEPORT`` (used when several receiver processes share ``node.port``, see
-    :mod:`node.receiver_child`); without it a busy port is an error, as for any listener."""
+    ``listen_socket``/``load``: several receiver processes share one listening socket (see
+    :mod:`node.shared_listener`); this process accepts a connection when it is the least busy.  Without them the
+    receiver binds ``node.host:node.port`` itself (a busy port is an error, as for any listener)."""
 
-    def __init__(self, cfg, db: Database, spool: Spool, *, reuse_port: bool = False):
+    def __init__(self, cfg, db: Database, spool: Spool, *, listen_socket: socket.socket | None = None,
+                 load: ReceiverLoad | None = None):
         self.cfg = cfg
         self.db = db
         self.spool = spool
-        self.reuse_port = reuse_port
+        self.listen_socket = listen_socket
+        self.load = load
         self.server = None
         self.stored = 0  # instances acknowledged since start
         self._lock = threading.Lock()
         self.writer: IndexWriter | None = None
+        self.index_db: Database | None = None
 
     def make_ae(self) -> AE:
         """The configured application entity (contexts, timeouts, allow-list)."""
@@ -112,20 +113,40 @@ class Receiver:
     def start(self) -> None:
         """Start listening on node.host:node.port (non-blocking)."""
         n = self.cfg.node
+        reactor_wakeup.install()  # pynetdicom's reactors wait for events instead of polling every 1 ms
         ae = self.make_ae()
         handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_C_ECHO, lambda e: STATUS_OK),
                     (evt.EVT_CONN_OPEN, set_tcp_nodelay)]
         ctx = tls_context(n.tls) if n.tls else None
-        self.writer = IndexWriter(self.db, fsync_dirs=self.spool.fsync)
+        # SQLite: the index writer's own connection commits without a WAL fsync (synchronous=NORMAL). What an
+        # acknowledgement promises still holds: the file and its rename are fsynced first, a commit survives a
+        # crash of the process, and after a power loss reindex_spool() (at start-up) indexes spool files whose
+        # rows did not reach the disk. PostgreSQL keeps its server's commit settings.
+        self.index_db = self.db if self.db.is_postgres else \
+            Database(self.db.url, create=False, sqlite_synchronous="NORMAL" if self.spool.fsync else "FULL")
+        self.writer = IndexWriter(self.index_db, fsync_dirs=self.spool.fsync)
         self.writer.start()
-        if self.reuse_port:  # what AE.start_server(block=False) does, with the SO_REUSEPORT server class
+        if self.listen_socket is not None:  # what AE.start_server(block=False) does, on the shared socket
+            handlers.append((evt.EVT_CONN_CLOSE, lambda e: server.connection_closed()))
             server = ae.make_server((n.host, n.port), evt_handlers=handlers, ssl_context=ctx,
-                                    server_class=ReusePortAssociationServer)
+                                    server_class=SharedListenerServer, listen_socket=self.listen_socket,
+                                    load=self.load)
             threading.Thread(target=make_target(server.serve_forever), name="AcceptorServer", daemon=True).start()
             ae._servers.append(server)
             self.server = server
         else:
             self.server = ae.start_server((n.host, n.port), block=False, evt_handlers=handlers, ssl_context=ctx)
+        if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
+            # pynetdicom's standard handlers format a log line per PDU and DIMSE message even when it is dropped
+            from pynetdicom import _handlers
+            for event, handler in ((evt.EVT_DIMSE_RECV, _handlers.standard_dimse_recv_handler),
+                                   (evt.EVT_DIMSE_SENT, _handlers.standard_dimse_sent_handler),
+                                   (evt.EVT_PDU_RECV, _handlers.standard_pdu_recv_handler),
+                                   (evt.EVT_PDU_SENT, _handlers.standard_pdu_sent_handler)):
+                try:
+                    self.server.unbind(event, handler)
+                except (ValueError, KeyError):
+                    pass
         log.info("DICOM listener %s on %s:%d%s", n.ae_title, n.host, n.port, " (TLS)" if ctx else "")
 
     def stop(self) -> None:
@@ -136,10 +157,16 @@ class Receiver:
         if self.writer is not None:
             self.writer.stop()
             self.writer = None
+        if self.index_db is not None and self.index_db is not self.db:
+            self.index_db.dispose()
+        self.index_db = None
 
     # ------------------------------------------------------------------------------------------- C-STORE
     def handle_store(self, event) -> int:
-        """C-STORE handler: spool (durable) + index, then 0x0000; a failure status with a logged reason else."""
+        """C-STORE handler: spool (durable) + index, then 0x0000; a failure status with a logged reason else.
+
+        The data set's bytes are taken as received (no copy into one Part 10 string): the file is the preamble and
+        file meta from :mod:`node.part10` followed by those bytes, written with one ``writev``."""
         calling = (event.assoc.requestor.ae_title or "").strip()
 
         def req_uid() -> str:  # only for log lines (reading it validates the UID: not free)
@@ -148,12 +175,19 @@ class Receiver:
             except Exception:  # noqa: BLE001
                 return ""
         try:
-            data = event.encoded_dataset(include_meta=True)
+            req = event.request
+            dataset = req.DataSet
+            ts = str(event.context.transfer_syntax[0] if isinstance(event.context.transfer_syntax, list)
+                     else event.context.transfer_syntax)
+            meta = PREAMBLE + file_meta_bytes(str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID), ts,
+                                              implementation_class_uid=PYNETDICOM_IMPLEMENTATION_UID,
+                                              implementation_version=PYNETDICOM_IMPLEMENTATION_VERSION,
+                                              source_ae_title=calling)
         except Exception as exc:  # noqa: BLE001
             log.warning("C-STORE %s from %s: cannot read the dataset (%s)", req_uid(), calling, exc)
             return STATUS_CANNOT_UNDERSTAND
-        status, message = ingest(self.db, self.spool, data, calling_ae=calling,
-                                 late_policy=self.cfg.completion.late_instances, writer=self.writer)
+        status, message = ingest_dataset(self.db, self.spool, meta, dataset, ts, calling_ae=calling,
+                                         late_policy=self.cfg.completion.late_instances, writer=self.writer)
         if status != STATUS_OK:
             log.warning("C-STORE %s from %s not accepted (0x%04X): %s", req_uid(), calling, status, message)
             return status
@@ -169,10 +203,21 @@ class Receiver:
         return STATUS_OK
 
 
-def _same_file(path, data: bytes, sha: str) -> bool:
-    """True when ``path`` already holds exactly ``data`` (a re-send): no rewrite needed."""
+_HASHER = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool-sha256")
+
+
+def _sha256(parts: list) -> str:
+    """SHA-256 (hex) of the concatenated buffers."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p)
+    return h.hexdigest()
+
+
+def _same_file(path, parts: list, size: int, sha: str) -> bool:
+    """True when ``path`` already holds exactly the bytes of ``parts`` (a re-send): no rewrite needed."""
     try:
-        if path.stat().st_size != len(data):
+        if path.stat().st_size != size:
             return False
         return hashlib.sha256(path.read_bytes()).hexdigest() == sha
     except OSError:
@@ -183,30 +228,53 @@ def ingest(db: Database, spool: Spool, data: bytes, *, calling_ae: str, late_pol
            writer: IndexWriter | None = None) -> tuple[int, str]:
     """Store one DICOM Part 10 byte string durably in the spool and index it: (DIMSE status, plain message).
 
-    Used by the C-STORE handler (with the receiver's group-commit ``writer``) and by C-GET retrieval (without:
-    one transaction of its own).  Nothing is acknowledged unless both steps succeeded: the file's data and its
+    Used by C-GET retrieval (without ``writer``: one transaction of its own) and by tests; the C-STORE handler
+    uses :func:`ingest_dataset`.  Nothing is acknowledged unless both steps succeeded: the file's data and its
     rename are fsynced and the index row is committed before this returns STATUS_OK."""
-    if writer is None:
-        return _ingest(db, spool, data, calling_ae, late_policy, None)
-    announced = [True]
-    writer.announce()
+    def header():
+        ds = dcmread(BytesIO(data), stop_before_pixels=True)
+        check_sequences(ds)
+        for keyword in INDEXED_KEYWORDS:
+            _ = ds.get(keyword)
+        return ds, str(ds.file_meta.TransferSyntaxUID)
+    return _ingest(db, spool, [data], header, calling_ae, late_policy, writer)
+
+
+def ingest_dataset(db: Database, spool: Spool, meta: bytes, dataset: BytesIO, transfer_syntax: str, *,
+                   calling_ae: str, late_policy: str = "follow_up",
+                   writer: IndexWriter | None = None) -> tuple[int, str]:
+    """Like :func:`ingest` for a C-STORE's data set as received: ``meta`` is the preamble + File Meta
+    Information (:func:`node.part10.file_meta_bytes`), ``dataset`` the request's data set stream in
+    ``transfer_syntax``.  The file is ``meta`` followed by the data set's bytes, neither copied nor re-encoded."""
+    def header():
+        dataset.seek(0)
+        return read_header(dataset, transfer_syntax, INDEXED_KEYWORDS), transfer_syntax
+    buf = dataset.getbuffer()
     try:
-        return _ingest(db, spool, data, calling_ae, late_policy, writer, announced)
+        return _ingest(db, spool, [meta, buf], header, calling_ae, late_policy, writer)
+    finally:
+        buf.release()
+
+
+def _ingest(db, spool, parts, header, calling_ae, late_policy, writer) -> tuple[int, str]:
+    if writer is not None:
+        writer.announce()  # concurrent associations: let the writer wait for this one to join its batch
+    announced = [writer is not None]
+    try:
+        return _store(db, spool, parts, header, calling_ae, late_policy, writer, announced)
     finally:
         if announced[0]:
             writer.withdraw()
 
 
-def _ingest(db, spool, data, calling_ae, late_policy, writer, announced=None) -> tuple[int, str]:
+def _store(db, spool, parts, header, calling_ae, late_policy, writer, announced) -> tuple[int, str]:
+    size = sum(len(p) for p in parts)
     try:
-        spool.check_space(len(data))
+        spool.check_space(size)
     except SpoolFullError as exc:
         return STATUS_OUT_OF_RESOURCES, str(exc)
     try:
-        ds = dcmread(BytesIO(data), stop_before_pixels=True)
-        ts = str(ds.file_meta.TransferSyntaxUID)
-        for elem in ds.iterall():  # decode every header element now, not later in a worker
-            _ = elem.value
+        ds, ts = header()
         ids = {k: str(ds.get(k, "") or "").strip() for k in ("StudyInstanceUID", "SeriesInstanceUID",
                                                               "SOPInstanceUID")}
     except Exception as exc:  # noqa: BLE001 - anything undecodable is 'cannot understand'
@@ -215,15 +283,22 @@ def _ingest(db, spool, data, calling_ae, late_policy, writer, announced=None) ->
     missing = [k for k, v in ids.items() if not v]
     if missing:
         return STATUS_MISSING_UIDS, f"the dataset has no {', '.join(missing)}"
-    sha = hashlib.sha256(data).hexdigest()
     path = spool.path_for(ids["StudyInstanceUID"], ids["SeriesInstanceUID"], ids["SOPInstanceUID"])
-    kw = dict(path=path, size=len(data), sha256=sha, transfer_syntax=ts, calling_ae=calling_ae,
-              late_policy=late_policy)
     try:
-        if _same_file(path, data, sha):
-            folder = path.parent  # already there (maybe from an unacknowledged attempt): fsync it again
-        else:
-            folder = spool.write_data(path, data)
+        if os.path.lexists(path):  # a re-send: the same bytes need no rewrite
+            sha = _sha256(parts)
+            if _same_file(path, parts, size, sha):
+                folder = path.parent  # already there (maybe from an unacknowledged attempt): fsync it again
+            else:
+                folder = spool.write_data(path, parts)
+        else:  # hash while the file is written and synced (both release the GIL)
+            hashing = _HASHER.submit(_sha256, parts)
+            try:
+                folder = spool.write_data(path, parts)
+            finally:
+                sha = hashing.result()
+        kw = dict(path=path, size=size, sha256=sha, transfer_syntax=ts, calling_ae=calling_ae,
+                  late_policy=late_policy)
         if writer is not None:
             announced[0] = False
             writer.withdraw()  # about to be queued (index() blocks until its batch is committed)
@@ -238,4 +313,66 @@ def _ingest(db, spool, data, calling_ae, late_policy, writer, announced=None) ->
     except Exception as exc:  # noqa: BLE001 - database/disk trouble: the sender should retry later
         log.error("storing %s failed: %s", ids["SOPInstanceUID"], exc, exc_info=not isinstance(exc, OSError))
         return STATUS_OUT_OF_RESOURCES, f"not stored: {str(exc).splitlines()[0][:300]}"
-    return STATUS_OK, f"stored {ids['SOPInstanceUID']} ({res.status}, study {res.study_uid}, {ts}, {len(data)} bytes)"
+    return STATUS_OK, f"stored {ids['SOPInstanceUID']} ({res.status}, study {res.study_uid}, {ts}, {size} bytes)"
+
+
+def reindex_spool(db: Database, spool: Spool, *, recent_s: float = 3600.0) -> int:
+    """Start-up: index spool files that are not in the index; returns how many were indexed.
+
+    The receiver's index commits do not wait for the WAL to reach the disk (SQLite ``synchronous=NORMAL``), so
+    after a power loss the newest rows may be gone while their files (fsynced before the acknowledgement) are
+    there.  Only folders changed within ``recent_s`` seconds of the newest spool change are looked at.  A file
+    that cannot be read as DICOM (a write cut short before its fsync, never acknowledged) is removed."""
+    from sqlalchemy import select
+
+    from .db import Instance
+
+    root = spool.root
+    if not root.is_dir():
+        return 0
+    folders = []
+    for study in os.scandir(root):
+        if not study.is_dir(follow_symlinks=False):
+            continue
+        for series in os.scandir(study.path):
+            if series.is_dir(follow_symlinks=False):
+                folders.append((series.stat(follow_symlinks=False).st_mtime, series.path))
+    if not folders:
+        return 0
+    newest = max(m for m, _ in folders)
+    recent = [path for m, path in folders if m >= newest - recent_s]
+    indexed = 0
+    for folder in recent:
+        files = [e.path for e in os.scandir(folder) if e.name.endswith(".dcm") and e.is_file(follow_symlinks=False)]
+        if not files:
+            continue
+        with db.session() as s:
+            known = set(s.scalars(select(Instance.path).where(Instance.path.in_(files))))
+        for path in files:
+            if path in known:
+                continue
+            try:
+                data = Path(path).read_bytes()
+                ds = dcmread(BytesIO(data))
+                if not is_complete(ds, data):
+                    raise ValueError("the file is shorter than its elements declare")
+                check_sequences(ds)
+                for keyword in INDEXED_KEYWORDS:
+                    _ = ds.get(keyword)
+                ts = str(ds.file_meta.TransferSyntaxUID)
+            except Exception as exc:  # noqa: BLE001 - never acknowledged: remove it
+                log.warning("removing unreadable spool file %s (%s)", path, str(exc).splitlines()[0][:120]
+                            if str(exc) else type(exc).__name__)
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+                continue
+            if Path(path) != spool.path_for(str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", "")),
+                                            str(ds.get("SOPInstanceUID", ""))):
+                continue  # not where the receiver would have put it: leave it alone
+            with db.session() as s:
+                record_instance(s, ds, path=Path(path), size=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                                transfer_syntax=ts, calling_ae="", late_policy="follow_up")
+            indexed += 1
+    return indexed

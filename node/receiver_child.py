@@ -1,5 +1,6 @@
-"""Extra DICOM receiver processes (``node.receiver_processes``): the node process starts N-1 children that only
-receive, all listening on ``node.port`` with ``SO_REUSEPORT`` (the kernel spreads associations across them).
+"""Extra DICOM receiver processes (``node.receiver_processes``): the node process binds ``node.port`` once and
+starts N-1 children that only receive; all of them accept on that one inherited socket, each new association
+going to the process with the fewest open ones (:mod:`node.shared_listener`).
 
 Why: one Python process receives at most ~150 instances/s (the GIL: ~6-7 ms of Python per instance, most of it in
 pynetdicom).  Each child runs one :class:`node.receiver.Receiver` (its own pynetdicom server and group-commit
@@ -28,6 +29,8 @@ import time
 log = logging.getLogger(__name__)
 
 PARENT_ENV = "TOTALREG_RECEIVER_PARENT"
+LISTEN_FD_ENV = "TOTALREG_LISTEN_FD"
+LOAD_ENV = "TOTALREG_RECEIVER_LOAD"  # path of the shared load table, then ":" and this child's slot
 PR_SET_PDEATHSIG = 1
 
 
@@ -50,9 +53,11 @@ class ReceiverChildren:
     The processes are started (and on a crash restarted) from one supervising thread that lives until
     :meth:`stop`, because ``PR_SET_PDEATHSIG`` fires when the *thread* that forked the child ends."""
 
-    def __init__(self, cfg, count: int, *, ready_timeout_s: float = 120.0):
+    def __init__(self, cfg, count: int, *, listen_fd: int, load, ready_timeout_s: float = 120.0):
         self.cfg_json = cfg.model_dump_json()
         self.count = count
+        self.listen_fd = listen_fd
+        self.load = load  # node.shared_listener.ReceiverLoad (the node process's view, slot 0)
         self.ready_timeout_s = ready_timeout_s
         self.procs: list[subprocess.Popen] = []
         self._stop = threading.Event()
@@ -88,11 +93,12 @@ class ReceiverChildren:
         self._terminate(timeout)
 
     # ------------------------------------------------------------------ internals
-    def _spawn(self) -> subprocess.Popen:
-        env = dict(os.environ, **{PARENT_ENV: str(os.getpid())})
+    def _spawn(self, slot: int) -> subprocess.Popen:
+        env = dict(os.environ, **{PARENT_ENV: str(os.getpid()), LISTEN_FD_ENV: str(self.listen_fd),
+                                  LOAD_ENV: f"{self.load.path}:{slot}"})
         # -P: never import from the working directory (a data folder named "node" there would shadow the package)
         p = subprocess.Popen([sys.executable, "-P", "-m", "node.receiver_child"], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, env=env, close_fds=True)
+                             stdout=subprocess.PIPE, env=env, close_fds=True, pass_fds=(self.listen_fd,))
         p.stdin.write(self.cfg_json.encode())
         p.stdin.close()
         return p
@@ -114,7 +120,7 @@ class ReceiverChildren:
 
     def _supervise(self) -> None:
         try:
-            self.procs = [self._spawn() for _ in range(self.count)]
+            self.procs = [self._spawn(i + 1) for i in range(self.count)]
             for p in self.procs:
                 err = self._await_ready(p)
                 if err:
@@ -131,8 +137,9 @@ class ReceiverChildren:
                 if p.poll() is None or self._stop.is_set():
                     continue
                 log.error("DICOM receiver process %d exited (code %s); starting a new one", p.pid, p.returncode)
+                self.load.set(-1, i + 1)  # not counted as a receiver until the new one listens
                 try:
-                    q = self._spawn()
+                    q = self._spawn(i + 1)
                     self.procs[i] = q
                     err = self._await_ready(q)
                     if err:
@@ -173,7 +180,10 @@ def main() -> int:
 
     from node.config import NodeConfig
     from node.db import Database
+    import socket
+
     from node.receiver import Receiver
+    from node.shared_listener import ReceiverLoad
     from node.spool import Spool
 
     cfg = NodeConfig.model_validate_json(sys.stdin.read(), context={"defer_references": True})
@@ -181,19 +191,29 @@ def main() -> int:
                         format=f"%(asctime)s %(levelname)s receiver-{os.getpid()} %(name)s: %(message)s")
     db = Database(cfg.node.database_url(), create=False)
     spool = Spool(Path(cfg.node.data_dir) / "spool", min_free_mb=cfg.node.min_free_disk_mb, fsync=cfg.node.fsync)
-    rcv = Receiver(cfg, db, spool, reuse_port=True)
+    try:
+        listen = socket.socket(fileno=int(os.environ[LISTEN_FD_ENV]))
+        load_path, slot = os.environ[LOAD_ENV].rsplit(":", 1)
+        load = ReceiverLoad(load_path, int(slot))
+    except (KeyError, ValueError, OSError) as exc:
+        log.error("a receiver process needs the node process's listening socket and load table: %s", exc)
+        return 1
+    rcv = Receiver(cfg, db, spool, listen_socket=listen, load=load)
     try:
         rcv.start()
     except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", cfg.node.host, cfg.node.port, exc)
+        log.error("cannot accept on %s:%d: %s", cfg.node.host, cfg.node.port, exc)
         return 1
+    load.set(0)  # counted from now on
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     while not stop.wait(0.5):
         if parent and os.getppid() != parent:
             log.error("the node process %d is gone; this receiver process stops", parent)
             break
+    load.set(-1)
     rcv.stop()
+    load.close()
     db.dispose()
     return 0
 

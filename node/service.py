@@ -15,8 +15,9 @@ from .db import Database, open_database
 from .dispatcher import Dispatcher, requeue_orphan_sends
 from .jobs import release_owned, requeue_orphans, worker_name
 from .processor import Worker
-from .receiver import Receiver
+from .receiver import Receiver, reindex_spool
 from .receiver_child import ReceiverChildren, receiver_process_count
+from .shared_listener import ReceiverLoad, bind_listener
 from .spool import Spool
 
 log = logging.getLogger(__name__)
@@ -28,16 +29,18 @@ def make_spool(cfg) -> Spool:
 
 
 def recover(db: Database, spool: Spool, cleanup_spool: bool = True) -> None:
-    """Start-up recovery: partial spool files removed (only by the receiving process: a worker-only process must
-    not touch files a live receiver is writing), orphaned jobs/sends of this host re-queued."""
+    """Start-up recovery: partial spool files removed and spool files missing from the index indexed (only by the
+    receiving process: a worker-only process must not touch files a live receiver is writing), orphaned jobs/sends
+    of this host re-queued."""
     n = spool.cleanup_partials() if cleanup_spool else 0
+    indexed = reindex_spool(db, spool) if cleanup_spool else 0
     with db.session() as s:
         jobs = requeue_orphans(s)
     with db.session() as s:
         sends = requeue_orphan_sends(s)
-    if n or jobs or sends:
-        log.warning("recovered after an interruption: %d partial spool files removed, jobs %s re-queued, "
-                    "%d sends re-queued", n, jobs, sends)
+    if n or indexed or jobs or sends:
+        log.warning("recovered after an interruption: %d partial spool files removed, %d spool files indexed "
+                    "again, jobs %s re-queued, %d sends re-queued", n, indexed, jobs, sends)
 
 
 class NodeService:
@@ -58,6 +61,8 @@ class NodeService:
         self.receiver_children: ReceiverChildren | None = None  # node.receiver_processes - 1 extra listeners
         self.threads: list[threading.Thread] = []
         self._uvicorn = None
+        self._listen = None  # the listening socket shared by several receiver processes
+        self._load = None  # their load table (node.shared_listener.ReceiverLoad)
 
     def _thread(self, name: str, target) -> None:
         t = threading.Thread(target=target, args=(self.stop_event,), name=name, daemon=True)
@@ -69,15 +74,29 @@ class NodeService:
         recover(self.db, self.spool, cleanup_spool=self.receive)
         if self.receive:
             n_proc = receiver_process_count(self.cfg.node.receiver_processes)
-            if n_proc > 1:  # children first: once this process answers on the port, every receiver listens
-                self.receiver_children = ReceiverChildren(self.cfg, n_proc - 1)
-                self.receiver_children.start()  # RuntimeError naming the problem (e.g. port taken)
-            self.receiver = Receiver(self.cfg, self.db, self.spool, reuse_port=n_proc > 1)
+            listen = load = None
+            if n_proc > 1:  # one socket for every receiver process; each association to the least busy one
+                n = self.cfg.node
+                try:
+                    listen = bind_listener(n.host, n.port)
+                except OSError as exc:
+                    raise RuntimeError(f"cannot listen on {n.host}:{n.port}: {exc}") from None
+                load = ReceiverLoad.create(n_proc)
+                self._listen, self._load = listen, load
+                self.receiver_children = ReceiverChildren(self.cfg, n_proc - 1, listen_fd=listen.fileno(),
+                                                          load=load)
+                try:
+                    self.receiver_children.start()  # RuntimeError naming the problem
+                except BaseException:
+                    self._close_listener()
+                    raise
+            self.receiver = Receiver(self.cfg, self.db, self.spool, listen_socket=listen, load=load)
             try:
                 self.receiver.start()
             except BaseException:
                 if self.receiver_children is not None:
                     self.receiver_children.stop()
+                self._close_listener()
                 raise
             self._thread("assembly", Assembler(self.cfg, self.db).run)
             self._thread("dispatcher", Dispatcher(self.cfg, self.db, owner=worker_name("dispatcher"),
@@ -90,6 +109,15 @@ class NodeService:
             self._start_web()
         log.info("node started: receiver %s, %d worker(s), web %s", f"on ({self.receiver_processes()} process(es))"
                  if self.receive else "off", self.n_workers, "on" if self._uvicorn else "off")
+
+    def _close_listener(self) -> None:
+        """Close the shared listening socket and remove the load table (several receiver processes only)."""
+        if self._listen is not None:
+            self._listen.close()
+            self._listen = None
+        if self._load is not None:
+            self._load.close(unlink=True)
+            self._load = None
 
     def receiver_processes(self) -> int:
         """DICOM receiver processes running (this one + children); 0 when not receiving."""
@@ -127,6 +155,7 @@ class NodeService:
             self.receiver_children.stop(timeout=timeout)
         if self.receiver is not None:
             self.receiver.stop()
+        self._close_listener()
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
         for t in self.threads:

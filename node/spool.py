@@ -6,9 +6,11 @@ plain dotted-digit string is replaced by its SHA-1 hex so no sender can steer pa
 name and the folder is ``fsync``-ed, so after a crash a file is either complete or absent.
 
 :meth:`Spool.write` does all of that per call.  The receiver's hot path uses :meth:`Spool.write_data` instead:
-the same temp-file/``fdatasync``/rename sequence, but the folder ``fsync`` is left to the caller, which does it
-once per folder for a whole batch of instances (:class:`node.index.IndexWriter`) BEFORE the batch is committed
-to the database and acknowledged — so an acknowledged instance's rename is always durable.
+a NEW file is renamed to its name first and then ``fdatasync``-ed (one journal commit covers the data and the
+rename; a crash before it returns can leave an incomplete file that was never acknowledged, which start-up
+recovery removes); a file that replaces one keeps the safe order.  The folder ``fsync`` is left to the caller,
+which does it once per folder for a whole batch of instances (:class:`node.index.IndexWriter`) BEFORE the batch is
+committed to the database and acknowledged — so an acknowledged instance's data and name are always durable.
 
 Free-space checks (:meth:`Spool.check_space`) ask the file system at most once per ``space_check_s`` (1 s) and
 subtract what this spool wrote since; a full disk (ENOSPC) resets that estimate to 0 until the next real check.
@@ -54,6 +56,20 @@ def _mkdirs(path: Path, root: Path) -> None:
         except FileExistsError:
             continue
         fsync_dir(d.parent)
+
+
+def _write_all(fd: int, parts: list) -> None:
+    """Write every buffer of ``parts`` to ``fd`` in order (``writev``; retried after a short write)."""
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    while views:
+        n = os.writev(fd, views[:1024])
+        while n and views:
+            if n >= len(views[0]):
+                n -= len(views[0])
+                views.pop(0)
+            else:
+                views[0] = views[0][n:]
+                n = 0
 
 
 def fsync_dir(path: Path) -> None:
@@ -131,8 +147,12 @@ class Spool:
             self._write_failed(tmp, path, exc)
         self._account(len(data))
 
-    def write_data(self, path: Path, data: bytes) -> Path:
-        """Write ``data`` to ``path`` atomically (temp file, ``fdatasync``, rename) WITHOUT the folder fsync.
+    def write_data(self, path: Path, data: bytes | list[bytes]) -> Path:
+        """Write ``data`` (bytes, or a list of byte strings written one after the other with ``writev``, so a
+        received data set needs no copy to be joined to its file meta) to ``path`` WITHOUT the folder fsync: a
+        temporary file renamed to ``path``, then ``fdatasync`` (a new file; until that returns a crash can leave it
+        incomplete under its name, which is why it is not acknowledged before and why start-up recovery removes
+        unreadable spool files) or ``fdatasync`` then rename (replacing a file: the old one stays whole).
 
         Returns the folder whose ``fsync`` makes the rename durable: the caller must :func:`fsync_dir` it before it
         treats the file as stored (the receiver does it once per folder and batch).  New folders are created and
@@ -149,20 +169,28 @@ class Spool:
             self._known_dirs.discard(folder)
             _mkdirs(folder, self.root)
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=folder)
+        replacing = os.path.lexists(path)
+        renamed = False
         try:
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                if self.fsync:
+            try:  # mkstemp made the file 0600
+                _write_all(fd, [data] if isinstance(data, (bytes, bytearray, memoryview)) else data)
+                if self.fsync and not replacing:
+                    # a new name: rename first, then one fdatasync commits the data and (ext4, XFS: same journal
+                    # transaction) the rename; the caller's folder fsync then has nothing left to commit
+                    os.replace(tmp, path)
+                    renamed = True
                     os.fdatasync(fd)
-                os.fchmod(fd, 0o600)
+                elif self.fsync:  # replacing an acknowledged file: the old one stays until the new one is durable
+                    os.fdatasync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, path)
+            if not renamed:
+                os.replace(tmp, path)
         except OSError as exc:
+            if renamed:  # never acknowledged and maybe incomplete: not left under its final name
+                tmp = str(path)
             self._write_failed(tmp, path, exc)
-        self._account(len(data))
+        self._account(len(data) if isinstance(data, (bytes, bytearray, memoryview)) else sum(map(len, data)))
         return folder
 
     def _write_failed(self, tmp: str, path: Path, exc: OSError) -> None:

@@ -133,29 +133,29 @@ def generate(n: int, cache: Path = CACHE) -> list[Path]:
 
 # ------------------------------------------------------------------------------------------------ /proc sampling
 
-def _children_map() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (from /proc/PID/task/*/children: no scan of all of /proc)."""
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for t in tasks:
         try:
-            with open(f"/proc/{d}/stat", "rb") as f:
-                stat = f.read().decode("ascii", "replace")
+            with open(f"/proc/{pid}/task/{t}/children") as f:
+                out.extend(int(x) for x in f.read().split())
         except OSError:
             continue
-        ppid = int(stat[stat.rfind(")") + 2:].split()[1])
-        kids.setdefault(ppid, []).append(int(d))
-    return kids
+    return out
 
 
 def process_tree(pid: int) -> list[int]:
     """``pid`` and all its living descendants."""
-    kids = _children_map()
     out, todo = [], [pid]
     while todo:
         p = todo.pop()
         out.append(p)
-        todo.extend(kids.get(p, []))
+        todo.extend(_children(p))
     return out
 
 
@@ -332,6 +332,13 @@ logging:
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
                             cwd=work)
     wait_port(port, proc, timeout=120)
+    # the port accepts connections as soon as it is bound (the backlog queues them); the node is ready (receiver
+    # processes started, console up) when `totalreg serve` prints its "listening" line
+    end = time.monotonic() + 120
+    while "listening on" not in log.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > end:
+            raise RuntimeError(f"the node did not become ready: {log.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.1)
     return Server("node", proc, port, "TOTALREG", work, count=lambda: _count_files(data / "spool", ".dcm"), log=log)
 
 
@@ -383,7 +390,7 @@ def send(server: Server, files: list[Path], conc: int, work: Path) -> tuple[floa
              *map(str, chunk)], stdout=log, stderr=subprocess.STDOUT, env=env))
     while any(p.poll() is None for p in procs):
         peak = max(peak, sum(rss_bytes(p) for p in process_tree(server.proc.pid)))
-        time.sleep(0.05)
+        time.sleep(0.2)  # light sampling: the monitor shares the 2 cores with the server and the clients
     wall = time.monotonic() - t0
     failed = sum(1 for p in procs if p.returncode != 0)
     return wall, failed, peak
@@ -418,14 +425,22 @@ def measure(name: str, files: list[Path], conc: int, tmp_root: Path) -> Result:
 # ------------------------------------------------------------------------------------------------ report
 
 def table(results: list[Result]) -> str:
-    """Markdown table of the results."""
-    lines = ["| server | instances | associations | wall s | instances/s | MB/s | server CPU s | CPU s / 1000 inst "
-             "| peak RSS MB | load avg | all stored |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    """Markdown table: one row per (server, instances, associations); with several runs, the run with the median
+    rate and the range of all runs."""
+    lines = ["| server | instances | associations | runs | instances/s (median) | range | MB/s | server CPU s "
+             "| CPU s / 1000 inst | peak RSS MB | load avg | all stored |",
+             "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|"]
+    groups: dict[tuple, list[Result]] = {}
     for r in results:
-        lines.append(f"| {r.server} | {r.n} | {r.conc} | {r.wall_s:.1f} | {r.inst_per_s:.0f} | {r.mb_per_s:.0f} | "
+        groups.setdefault((r.server, r.n, r.conc), []).append(r)
+    for (server, n, conc), rs in groups.items():
+        rs_sorted = sorted(rs, key=lambda r: r.inst_per_s)
+        r = rs_sorted[(len(rs_sorted) - 1) // 2]
+        rng = f"{rs_sorted[0].inst_per_s:.0f}–{rs_sorted[-1].inst_per_s:.0f}" if len(rs) > 1 else ""
+        bad = [x.note for x in rs if not x.ok]
+        lines.append(f"| {server} | {n} | {conc} | {len(rs)} | {r.inst_per_s:.0f} | {rng} | {r.mb_per_s:.0f} | "
                      f"{r.cpu_s:.1f} | {1000 * r.cpu_s / r.n:.1f} | {r.peak_rss_mb:.0f} | {r.load1:.1f} | "
-                     f"{'yes' if r.ok else 'NO: ' + r.note} |")
+                     f"{'yes' if not bad else 'NO: ' + '; '.join(bad)} |")
     return "\n".join(lines)
 
 
@@ -458,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
                     default=["node", "storescp", "storescp+nodelay", "orthanc", "orthanc+nodelay"])
     ap.add_argument("--tmp", type=Path, default=OUT / "receive_tmp", help="server storage root (local disk)")
     ap.add_argument("--no-write", action="store_true", help="do not rewrite RESULTS.md")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each case for --repeat-servers (median kept)")
+    ap.add_argument("--repeat-servers", nargs="+", default=["node"], help="servers that get --repeat runs")
     args = ap.parse_args(argv)
 
     t0 = time.monotonic()
@@ -465,17 +482,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"test data: {len(files)} files in {CACHE} ({time.monotonic() - t0:.0f} s)", flush=True)
     args.tmp.mkdir(parents=True, exist_ok=True)
     results = []
-    for n in args.counts:
-        for conc in args.concurrency:
-            for name in args.servers:
-                try:
-                    r = measure(name, files[:n], conc, args.tmp)
-                except Exception as exc:  # a server that cannot start is reported, the others still run
-                    print(f"{name} n={n} c={conc}: could not run: {exc}", flush=True)
-                    r = Result(name, n, conc, float("nan"), 0, 0, 0, 0, 0, conc, f"could not run: {exc}")
-                results.append(r)
-                print(f"{r.server:9s} n={r.n:5d} c={r.conc}: {r.inst_per_s:7.0f} inst/s {r.mb_per_s:5.0f} MB/s "
-                      f"cpu {r.cpu_s:6.1f} s rss {r.peak_rss_mb:5.0f} MB {'ok' if r.ok else r.note}", flush=True)
+    cases = [(rep, n, conc, name) for rep in range(max(1, args.repeat)) for n in args.counts
+             for conc in args.concurrency for name in args.servers if rep == 0 or name in args.repeat_servers]
+    for rep, n, conc, name in cases:  # repeats run after the first round, so slow phases of the machine spread out
+        try:
+            r = measure(name, files[:n], conc, args.tmp)
+        except Exception as exc:  # a server that cannot start is reported, the others still run
+            print(f"{name} n={n} c={conc}: could not run: {exc}", flush=True)
+            r = Result(name, n, conc, float("nan"), 0, 0, 0, 0, 0, conc, f"could not run: {exc}")
+        results.append(r)
+        print(f"{r.server:9s} n={r.n:5d} c={r.conc}: {r.inst_per_s:7.0f} inst/s {r.mb_per_s:5.0f} MB/s "
+              f"cpu {r.cpu_s:6.1f} s rss {r.peak_rss_mb:5.0f} MB {'ok' if r.ok else r.note}", flush=True)
     md = table(results)
     print(md)
     if not args.no_write:
@@ -488,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
             "storescu (-xs) processes running on the same machine, so client CPU competes with the server for "
             "the same cores. CPU s is user+sys of the server's process tree from /proc (for storescp --fork, the "
             "reaped per-association children included). Peak RSS is the sum over the server's process tree, "
-            "sampled every 50 ms. The node runs with fsync on (file + folder per instance) and SQLite indexing; "
+            "sampled every 200 ms. With several runs of a case the row shows the run with the median rate and "
+            "the range of all runs. The node runs with fsync on (file + folder per instance) and SQLite indexing; "
             "storescp does not fsync; Orthanc 1.10 syncs its storage area (default). `+nodelay`: the server ran "
             "with TCP_NODELAY=1 in its environment (dcmtk 3.6.7 and Orthanc 1.10 leave Nagle's algorithm on "
             "otherwise, which costs ~40 ms per instance on one association). The clients always ran with "

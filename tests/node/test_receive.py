@@ -221,3 +221,34 @@ def test_real_disk_full_answers_out_of_resources_and_recovers(receiver, tmp_path
             assert s.scalar(select(func.count()).select_from(Instance)) == len(files)
     finally:
         subprocess.run(["umount", "-l", str(spool_dir)], capture_output=True)
+
+
+def test_startup_indexes_spool_files_whose_rows_were_lost(receiver, tmp_path):
+    """The index writer commits without a WAL fsync (the spool file is fsynced before the acknowledgement): after
+    a power loss the newest rows can be gone. Start-up recovery indexes those files again and removes a file that
+    was cut short (never acknowledged)."""
+    from node.receiver import reindex_spool
+    cfg, db, rcv = receiver()
+    files = make_series(tmp_path / "in", n_slices=3)
+    assert _scu_store(cfg.node.port, files) == [0, 0, 0]
+    rcv.stop()
+    db.dispose()
+    db_path = Path(cfg.node.database_url().split("///", 1)[1])
+    for p in db_path.parent.glob(db_path.name + "*"):  # every row lost
+        p.unlink()
+    spooled = sorted((Path(cfg.node.data_dir) / "spool").rglob("*.dcm"))
+    assert len(spooled) == 3
+    cut, header_only = spooled[0], spooled[1].with_name("1.2.3.4.5.dcm")
+    header_only.write_bytes(spooled[1].read_bytes()[:300])
+    cut.write_bytes(cut.read_bytes()[:-1000])  # renamed, then the crash came before its fsync
+    fresh = Database(cfg.node.database_url())
+    try:
+        assert reindex_spool(fresh, make_spool(cfg)) == 2
+        assert not cut.exists() and not header_only.exists()
+        with fresh.session() as s:
+            assert s.scalar(select(func.count()).select_from(Instance)) == 2
+            (study,) = s.scalars(select(Study)).all()
+            assert study.n_instances == 2 and study.state == "receiving"
+        assert reindex_spool(fresh, make_spool(cfg)) == 0  # idempotent
+    finally:
+        fresh.dispose()
