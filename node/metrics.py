@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -27,8 +27,39 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: the node's registry (not prometheus_client's global default one, so tests and embedding stay clean)
 REGISTRY = CollectorRegistry(auto_describe=True)
 
+#: instances stored by THIS process's receiver; exported (below) together with the node's other receiver processes
 INSTANCES_RECEIVED = Counter(
-    "totalreg_instances_received", "DICOM instances received and stored (C-STORE success)", registry=REGISTRY)
+    "totalreg_instances_received", "DICOM instances received and stored (C-STORE success)", registry=None)
+_other_receivers: Callable[[], float] | None = None
+
+
+def count_other_receivers(total: Callable[[], float] | None) -> None:
+    """Set where the instances stored by the node's other receiver processes are counted (their shared load
+    table, :class:`node.shared_listener.ReceiverLoad`); None: this process is the only receiver."""
+    global _other_receivers
+    _other_receivers = total
+
+
+class _ReceivedCollector(Collector):
+    """``totalreg_instances_received_total``: this process's receiver plus the node's receiver children."""
+
+    def collect(self):
+        total = INSTANCES_RECEIVED._value.get()
+        if _other_receivers is not None:
+            try:
+                total += float(_other_receivers())
+            except Exception:  # noqa: BLE001 - a scrape never fails for it
+                pass
+        fam = CounterMetricFamily("totalreg_instances_received",
+                                  "DICOM instances received and stored (C-STORE success), all receiver processes")
+        fam.add_metric([], total)
+        yield fam
+
+    def describe(self):
+        return []
+
+
+REGISTRY.register(_ReceivedCollector())
 SEND_FAILURES = Counter(
     "totalreg_send_failures", "Failed attempts to send results, by destination name", ["destination"],
     registry=REGISTRY)

@@ -196,6 +196,8 @@ class Receiver:
         try:
             from node import metrics
             metrics.INSTANCES_RECEIVED.inc()
+            if self.load is not None and self.load.slot != 0:  # a child: the node process exports its count
+                self.load.count_received()
         except Exception:  # noqa: BLE001 - metrics are optional
             pass
         if log.isEnabledFor(logging.DEBUG):

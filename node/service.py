@@ -83,6 +83,8 @@ class NodeService:
                     raise RuntimeError(f"cannot listen on {n.host}:{n.port}: {exc}") from None
                 load = ReceiverLoad.create(n_proc)
                 self._listen, self._load = listen, load
+                from node import metrics
+                metrics.count_other_receivers(lambda: load.received(exclude_slot=0))
                 self.receiver_children = ReceiverChildren(self.cfg, n_proc - 1, listen_fd=listen.fileno(),
                                                           load=load)
                 try:
@@ -116,6 +118,8 @@ class NodeService:
             self._listen.close()
             self._listen = None
         if self._load is not None:
+            from node import metrics
+            metrics.count_other_receivers(None)
             self._load.close(unlink=True)
             self._load = None
 

@@ -26,10 +26,12 @@ DEFER_S = 0.05  # longest a busier process leaves a pending connection to a less
 SLOTS = 64
 _FMT = "<i"
 _DEAD = -1
+_RECEIVED = SLOTS * 4  # offset of the per-slot counters of stored instances (uint64)
+_SIZE = _RECEIVED + SLOTS * 8
 
 
 class ReceiverLoad:
-    """Open associations per receiver process, shared through a 256-byte mmap-ed file.
+    """Open associations (and stored instances, for the metrics) per receiver process, in a small mmap-ed file.
 
     ``slot``: this process's index (0 = the node process, 1..N-1 = children)."""
 
@@ -38,7 +40,7 @@ class ReceiverLoad:
         self.slot = int(slot)
         fd = os.open(self.path, os.O_RDWR)
         try:
-            self._map = mmap.mmap(fd, SLOTS * 4)
+            self._map = mmap.mmap(fd, _SIZE)
         finally:
             os.close(fd)
 
@@ -48,7 +50,7 @@ class ReceiverLoad:
         shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
         fd, path = tempfile.mkstemp(prefix="totalreg-receivers-", suffix=".load", dir=shm)
         try:
-            os.write(fd, struct.pack(f"<{SLOTS}i", 0, *([_DEAD] * (SLOTS - 1))))
+            os.write(fd, struct.pack(f"<{SLOTS}i", 0, *([_DEAD] * (SLOTS - 1))) + bytes(SLOTS * 8))
         finally:
             os.close(fd)
         return cls(path, 0)
@@ -65,6 +67,16 @@ class ReceiverLoad:
         """Add ``k`` to this process's count (only this process writes its slot)."""
         cur = struct.unpack_from(_FMT, self._map, 4 * self.slot)[0]
         self.set(max(0, cur) + k)
+
+    def count_received(self, k: int = 1) -> None:
+        """Add ``k`` stored instances to this process's counter (kept across restarts of a child: same slot)."""
+        off = _RECEIVED + 8 * self.slot
+        struct.pack_into("<Q", self._map, off, struct.unpack_from("<Q", self._map, off)[0] + k)
+
+    def received(self, exclude_slot: int | None = None) -> int:
+        """Instances stored by every slot (but ``exclude_slot``) since the table was created."""
+        counts = struct.unpack_from(f"<{SLOTS}Q", self._map, _RECEIVED)
+        return sum(c for i, c in enumerate(counts) if i != exclude_slot)
 
     def least_busy(self) -> bool:
         """True when no live process has fewer open associations than this one."""

@@ -205,24 +205,38 @@ def test_receiver_child_ignores_a_node_folder_in_the_working_directory(node_conf
         svc.stop(timeout=30)
 
 
-def test_associations_go_to_the_least_busy_receiver_process(node_config):
+def _received_metric() -> float:
+    from node import metrics
+    for line in metrics.render().decode().splitlines():
+        if line.startswith("totalreg_instances_received_total "):
+            return float(line.split()[1])
+    raise AssertionError("totalreg_instances_received_total missing")
+
+
+def test_associations_go_to_the_least_busy_receiver_process(node_config, tmp_path):
     """Four associations opened one after the other end up 2 + 2 on the two receiver processes (the kernel's
-    SO_REUSEPORT hash, used before, often gave 3 + 1 or 4 + 0), and each process's count drops when they end."""
+    SO_REUSEPORT hash, used before, often gave 3 + 1 or 4 + 0), each process's count drops when they end, and the
+    node's Prometheus counter includes what the child process stored."""
     from node.service import NodeService
     cfg, _ = node_config(rules=[], node={"receiver_processes": 2})
+    files = make_series(tmp_path / "in", n_slices=4, size=16)
     svc = NodeService(cfg, workers=0, web=False)
     svc.start()
+    before = _received_metric()
     assocs = []
     try:
         for _ in range(4):
             ae = AE(ae_title="MODALITY")
             ae.add_requested_context("1.2.840.10008.1.1")
+            ae.add_requested_context(CTImageStorage)
             assoc = ae.associate("127.0.0.1", cfg.node.port, ae_title="TOTALREG")
             assert assoc.is_established
             assocs.append(assoc)
             time.sleep(0.1)  # the accepting process has counted it
         assert svc._load.counts()[:2] == [2, 2]
         assert all(int(a.send_c_echo().Status) == 0 for a in assocs)
+        assert [int(a.send_c_store(dcmread(f)).Status) for a, f in zip(assocs, files)] == [0, 0, 0, 0]
+        assert _received_metric() - before == 4  # 2 stored by this process, 2 by the child
         for a in assocs:
             a.release()
         deadline = time.monotonic() + 5

@@ -136,6 +136,7 @@ class StreamSender:
     calling: str = "MODALITY"
     pause_s: float = 0.0
     timeout_s: float = 20.0  # ACSE/DIMSE/network timeouts of the sender (modalities often use 30-60 s)
+    repeat: bool = False  # after the last file start again (re-sends are idempotent) until stop() or a failure
     acked: list[str] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)  # seconds from C-STORE request to response
     failures: list[tuple[str, int]] = field(default_factory=list)
@@ -160,6 +161,12 @@ class StreamSender:
     def running(self) -> bool:
         return self._t.is_alive() and not self.done.is_set()
 
+    def _files(self):
+        while True:
+            yield from self.files
+            if not self.repeat:
+                return
+
     def _run(self) -> None:
         try:
             ae = scu_ae(self.calling, timeout_s=self.timeout_s)
@@ -168,7 +175,7 @@ class StreamSender:
                 self.error = "association not established"
                 return
             try:
-                for f in self.files:
+                for f in self._files():
                     if self._stop.is_set():
                         break
                     ds = dcmread(f)

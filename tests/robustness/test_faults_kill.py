@@ -71,7 +71,7 @@ def run_kill_cycles(tmp: Path, n_cycles: int, register_every: int = 0) -> dict:
         destinations=[{"name": "slow", "kind": "dicom", "ae_title": "SLOWDEST", "host": "127.0.0.1",
                        "port": scp.port}],
         rules=[{"name": "ct-followup", "send_to": ["slow"],
-                "registration": {"device": "cpu", "iterations": 1}}],
+                "registration": {"device": "cpu", "iterations": 150}}],  # runs for seconds: killable
         completion={"quiet_seconds": 1.0, "max_wait_seconds": 60})
     db = db_of(cfg)
     spool_root = Path(cfg.node.data_dir) / "spool"
@@ -104,10 +104,10 @@ def run_kill_cycles(tmp: Path, n_cycles: int, register_every: int = 0) -> dict:
             if want_reg:  # a same-patient prior + current: a real registration runs in this cycle
                 pid = f"KREG{c:03d}"
                 prior = nodefx.make_series(tmp / f"reg{c}" / "prior", patient_id=pid, study_date="20230101",
-                                           n_slices=8, size=16, seed=2 * c)
+                                           n_slices=24, size=32, seed=2 * c)
                 reg_study = generate_uid()
                 cur = nodefx.make_series(tmp / f"reg{c}" / "cur", patient_id=pid, study_date="20240101",
-                                         study_uid=reg_study, n_slices=8, size=16, seed=2 * c + 1)
+                                         study_uid=reg_study, n_slices=24, size=32, seed=2 * c + 1)
                 assert nodefx.storescu(node.port, prior + cur).returncode == 0
                 reg_studies.append(reg_study)
                 wait_for(lambda: job_running(), 240, f"cycle {c}: the registration to start", node)
@@ -120,7 +120,8 @@ def run_kill_cycles(tmp: Path, n_cycles: int, register_every: int = 0) -> dict:
                                        size=12, seed=c)
             streams.append(files)
             originals.update({str(dcmread(f, stop_before_pixels=True).SOPInstanceUID): f for f in files})
-            sender = StreamSender(node.port, files, calling=f"MOD{c % 10}", pause_s=STREAM_PAUSE_S).start()
+            sender = StreamSender(node.port, files, calling=f"MOD{c % 10}", pause_s=STREAM_PAUSE_S,
+                                  repeat=True).start()  # receiving until the kill, however fast the node is
 
             def sending() -> bool:  # some delivery is mid-way (an interrupted one is re-sent first)
                 with db.session() as s:
@@ -188,10 +189,14 @@ def run_kill_cycles(tmp: Path, n_cycles: int, register_every: int = 0) -> dict:
                 assert snd.state == SEND_DONE and snd.n_acknowledged == len(uids), (snd.state, snd.error)
                 assert delivered[sid] == 1, f"send {sid} delivered {delivered[sid]} times"
                 assert set(uids) <= scp.unique(), f"send {sid}: destination misses instances"
+            all_sends = list(s.scalars(select(Send)))  # the deliveries above + the registrations' results
+            for snd in all_sends:
+                assert snd.state == SEND_DONE, (snd.id, snd.state, snd.error)
+                assert delivered[snd.id] == 1, f"send {snd.id} delivered {delivered[snd.id]} times"
             starts = Counter(line.split()[1] for line in exec_log.read_text().splitlines())
         assert nodes[-1].stop() == 0
         figures = {
-            "cycles": n_cycles, "acknowledged_before_kill": len(acked), "lost": 0,
+            "cycles": n_cycles, "acknowledged_before_kill": len(set(acked)), "lost": 0,
             "instances_total": len(all_uids), "jobs": len(jobs_all),
             "job_runs_done": sum(done_runs.values()), "job_runs_lost": sum(lost_runs.values()),
             "sleep_job_starts": sum(starts.values()), "sends": len(sends),
@@ -200,7 +205,9 @@ def run_kill_cycles(tmp: Path, n_cycles: int, register_every: int = 0) -> dict:
             "wall_s": round(time.monotonic() - t_start, 1), "per_cycle": cycles,
         }
         with db.session() as s:
-            figures["send_attempts"] = sum(s.get(Send, sid).attempts for sid in sends)
+            # every kill lands while some send is mid-way: the explicit deliveries' or a registration's results
+            figures["sends"] = len(all_sends)
+            figures["send_attempts"] = sum(s.get(Send, snd.id).attempts for snd in all_sends)
         return figures
     finally:
         for n in nodes:
