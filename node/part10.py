@@ -79,6 +79,12 @@ def read_header(fp: BinaryIO, transfer_syntax_uid: str, decode_keywords: tuple[s
         fp = BytesIO(zlib.decompress(fp.read(), -zlib.MAX_WBITS))
     ds = read_dataset(fp, ts.is_implicit_VR, ts.is_little_endian, stop_when=_stop_at_pixels)
     ds.set_original_encoding(ts.is_implicit_VR, ts.is_little_endian, ds._character_set)
+    return check_header(ds, decode_keywords)
+
+
+def check_header(ds: Dataset, decode_keywords: tuple[str, ...] = ()) -> Dataset:
+    """Parse every sequence of ``ds`` and decode each keyword in ``decode_keywords`` now, so that a malformed
+    item structure or value raises here and not later in a worker; returns ``ds``."""
     check_sequences(ds)
     for keyword in decode_keywords:
         _ = ds.get(keyword)

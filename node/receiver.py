@@ -11,12 +11,14 @@ indexed in the database.  Otherwise the sender gets a failure status and may re-
 Instances retrieved by the node's own C-MOVE/C-GET arrive here as C-STORE too.  Calling AE titles may be limited
 (``node.allowed_callers``: other callers' associations are rejected); DICOM TLS when ``node.tls`` is set.
 
-Throughput (group commit): a C-STORE handler decodes the header, hashes the bytes, writes the file (temp file,
-``fdatasync``, rename) and hands the header to the receiver's :class:`node.index.IndexWriter`, which fsyncs each
-spool folder of a batch once, indexes the batch in one transaction and only then releases the handlers: the ack
-still means "bytes fsynced, rename durable, row committed", but concurrent associations share the folder fsyncs
-and the database commit.  No read transaction is opened per instance: an instance whose spool file already holds
-the same bytes (a re-send) is not rewritten, and the writer's transaction decides 'new' / 'same' / 'replaced'.
+Throughput (group commit): a C-STORE handler parses the header from the request's stream (:mod:`node.part10`),
+writes the file meta it encodes itself followed by the data set exactly as received (temp file, rename,
+``fdatasync``; the SHA-256 is computed meanwhile) and hands the header to the receiver's
+:class:`node.index.IndexWriter`, which fsyncs each spool folder of a batch once, indexes the batch in one
+transaction and only then releases the handlers: the ack still means "bytes and name fsynced, row committed", but
+concurrent associations share the folder fsyncs and the database commit.  No read transaction is opened per
+instance: an instance whose spool file already holds the same bytes (a re-send) is not rewritten, and the
+writer's transaction decides 'new' / 'same' / 'replaced'.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ from pynetdicom.utils import make_target
 from . import reactor_wakeup
 from .db import Database
 from .index import INDEXED_KEYWORDS, IndexWriter, record_instance
-from .part10 import PREAMBLE, check_sequences, file_meta_bytes, is_complete, read_header
+from .part10 import PREAMBLE, check_header, file_meta_bytes, is_complete, read_header
 from .shared_listener import ReceiverLoad, SharedListenerServer
 from .spool import Spool, SpoolFullError, fsync_dir
 
@@ -177,8 +179,7 @@ class Receiver:
         try:
             req = event.request
             dataset = req.DataSet
-            ts = str(event.context.transfer_syntax[0] if isinstance(event.context.transfer_syntax, list)
-                     else event.context.transfer_syntax)
+            ts = str(event.context.transfer_syntax)  # the accepted context's one transfer syntax
             meta = PREAMBLE + file_meta_bytes(str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID), ts,
                                               implementation_class_uid=PYNETDICOM_IMPLEMENTATION_UID,
                                               implementation_version=PYNETDICOM_IMPLEMENTATION_VERSION,
@@ -234,10 +235,7 @@ def ingest(db: Database, spool: Spool, data: bytes, *, calling_ae: str, late_pol
     uses :func:`ingest_dataset`.  Nothing is acknowledged unless both steps succeeded: the file's data and its
     rename are fsynced and the index row is committed before this returns STATUS_OK."""
     def header():
-        ds = dcmread(BytesIO(data), stop_before_pixels=True)
-        check_sequences(ds)
-        for keyword in INDEXED_KEYWORDS:
-            _ = ds.get(keyword)
+        ds = check_header(dcmread(BytesIO(data), stop_before_pixels=True), INDEXED_KEYWORDS)
         return ds, str(ds.file_meta.TransferSyntaxUID)
     return _ingest(db, spool, [data], header, calling_ae, late_policy, writer)
 
@@ -358,9 +356,7 @@ def reindex_spool(db: Database, spool: Spool, *, recent_s: float = 3600.0) -> in
                 ds = dcmread(BytesIO(data))
                 if not is_complete(ds, data):
                     raise ValueError("the file is shorter than its elements declare")
-                check_sequences(ds)
-                for keyword in INDEXED_KEYWORDS:
-                    _ = ds.get(keyword)
+                check_header(ds, INDEXED_KEYWORDS)
                 ts = str(ds.file_meta.TransferSyntaxUID)
             except Exception as exc:  # noqa: BLE001 - never acknowledged: remove it
                 log.warning("removing unreadable spool file %s (%s)", path, str(exc).splitlines()[0][:120]
@@ -374,7 +370,7 @@ def reindex_spool(db: Database, spool: Spool, *, recent_s: float = 3600.0) -> in
                                             str(ds.get("SOPInstanceUID", ""))):
                 continue  # not where the receiver would have put it: leave it alone
             with db.session() as s:
-                record_instance(s, ds, path=Path(path), size=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                record_instance(s, ds, path=Path(path), size=len(data), sha256=_sha256([data]),
                                 transfer_syntax=ts, calling_ae="", late_policy="follow_up")
             indexed += 1
     return indexed
