@@ -23,9 +23,12 @@ normalised to [0, 1] (HU -1000..1000). Three sources:
 3. a folder of real pairs (NIfTI/MHA/NRRD files or DICOM series folders) with optional multi-label maps: no
    field target, trained through similarity, region Dice and smoothness (affine from the engine's affine stage).
 
-For pairs with a ground truth, the "affine stage" is simulated as the least-squares affine of the true
-correspondences plus a random error (up to 2 deg, 4 mm), and the network target is the residual
-``u = A^-1(x + d(x)) - x`` -- the network learns the non-linear part and the leftovers of an imperfect affine.
+Every sample's affine ``A`` is the engine's own affine stage (``optimise_affine`` with the engine's default
+settings), so the network trains on exactly the residual it meets at inference; for pairs with a ground truth the
+target is ``u = A^-1(x + d(x)) - x`` -- the non-linear part plus whatever the affine stage left. (An earlier
+candidate trained on the least-squares affine of the true correspondences plus a random error learned to undo
+errors the engine's affine does not make, and hurt on held-out pairs; ``build_sample(affine="truth")`` still
+offers that mode.)
 
 Loss (:mod:`registration_core.training.losses`), per random crop (default 64^3 voxels = 256 mm):
 
@@ -41,7 +44,7 @@ Loss (:mod:`registration_core.training.losses`), per random crop (default 64^3 v
 
 Regions default to K=4 (lungs/thorax, abdominal organs, bones, other soft tissue), matching the network.
 
-Mechanics: Adam; batch 1 (instance norm); bf16 autocast on CUDA (``amp="auto"``; on CPU it was measured no faster
+Mechanics: Adam with linear warm-up and cosine decay (:func:`learning_rate`); batch 1 (instance norm); bf16 autocast on CUDA (``amp="auto"``; on CPU it was measured no faster
 here, so off); a checkpoint (model + optimizer + step + all RNG states + best metric) every
 ``checkpoint_every`` steps and on SIGTERM/SIGINT/time budget; ``resume=True`` continues exactly (bit-identical
 weights to an uninterrupted run on the same machine); tqdm progress; CSV log of every step's losses and each
@@ -74,12 +77,12 @@ SHARED_CT = Path("/work/shared/data/ct")
 
 
 def default_cache_spec(shared: Path = SHARED_CT) -> CacheSpec:
-    """The cache the shipped model was trained on: 16 synthetic phantom pairs + self-supervised variants of the
+    """The cache the shipped model was trained on: 32 synthetic phantom pairs + self-supervised variants of the
     project's real CTs (the lung pair's two images used ONE AT A TIME -- their correspondence is held out for
     evaluation); validation: 2 held-out phantoms + 2 held-out self-supervised variants."""
     d = Path(shared)
     return CacheSpec(
-        synthetic=tuple(range(16)), val_synthetic=(900, 901),
+        synthetic=tuple(range(32)), val_synthetic=(900, 901),
         single_ct=((str(d / "abdomen_totalseg/example_ct.nii.gz"), None, None, 6),
                    (str(d / "chest_pyradiomics/lung1_image.nrrd"), None, None, 6),
                    (str(d / "abdomen_totalseg/example_ct_sm.nii.gz"), str(d / "abdomen_totalseg/example_seg.nii.gz"),
@@ -97,15 +100,18 @@ class TrainConfig:
     cache: folder made by ``build_cache`` (``train/*.npz``, ``val/*.npz``); out: run folder (checkpoints, CSV,
     log); steps: total optimisation steps; crop: cubic crop edge (voxels); lr: Adam learning rate;
     amp: "auto" (bf16 on CUDA only), "bf16" or "off"; val_every / checkpoint_every: steps; max_minutes: wall
-    budget, the run saves and stops when it is spent (0 = none); init: safetensors weights to start from
+    budget, the run saves and stops when it is spent (0 = none); schedule: "cosine" (linear warm-up over ``warmup``
+    steps, then cosine decay to 2 % of ``lr`` at ``steps``) or "constant"; init: safetensors weights to start from
     (fine-tuning); network: TotalRegNet keyword arguments (architecture); threads: torch CPU threads (0 = keep).
     """
 
     cache: str = "var/train_cache"
     out: str = "var/train_run"
-    steps: int = 2000
+    steps: int = 5000
     crop: int = 64
     lr: float = 1e-3
+    schedule: str = "cosine"
+    warmup: int = 100
     seed: int = 0
     device: str = "cpu"
     amp: str = "auto"
@@ -117,7 +123,8 @@ class TrainConfig:
     threads: int = 0
     progress: bool = True
     measure_memory: bool = True
-    network: dict = field(default_factory=lambda: {"n_regions": 4, "channels": [16, 32, 64, 64], "int_steps": 7})
+    network: dict = field(default_factory=lambda: {"n_regions": 4, "channels": [16, 32, 64, 64], "int_steps": 7,
+                                                   "cost_radius": [1, 2]})
     loss: LossWeights = field(default_factory=LossWeights)
 
     def to_dict(self) -> dict:
@@ -335,6 +342,17 @@ CSV_FIELDS = ["step", "time_s", "lr", "total", "sim", "epe_mm", "sub_epe_mm", "s
               "sample", "val_tre_mm", "val_tre_affine_mm", "val_epe_mm", "val_dice", "val_dice_affine"]
 
 
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Adam learning rate for optimisation step ``step`` (0-based): a pure function of the step, so a resumed run
+    follows the same schedule."""
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    frac = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * frac)))
+
+
 def train(cfg: TrainConfig, log=print) -> dict:
     """Train (or resume) TotalRegNet on a cache; returns {"step", "best_val", "last", "best", "csv", ...}.
 
@@ -450,15 +468,20 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 (out / "memory.json").write_text(json.dumps(mem, indent=1))
                 log(f"training step peak tensor memory: {peak / 2 ** 20:.0f} MiB at crop "
                     f"{tuple(batch['f'].shape[-3:])} ({mem['method']})")
+            lr = learning_rate(cfg, step)
+            for group in opt.param_groups:
+                group["lr"] = lr
             parts = one_step(batch)
             step += 1
-            row = {"step": step, "time_s": round(elapsed0 + time.perf_counter() - t0, 2), "lr": cfg.lr,
+            row = {"step": step, "time_s": round(elapsed0 + time.perf_counter() - t0, 2), "lr": round(lr, 7),
                    "sample": sample["_file"], **{k: round(v, 5) for k, v in parts.items()}}
             if step % cfg.val_every == 0:  # pick up samples a still-running cache build has added
                 known = {s["_file"] for s in train_set}
                 train_set += [s for s in _load_split(cache, "train") if s["_file"] not in known]
                 if len(val_set) < len([p for p in (cache / "val").glob("*.npz") if ".tmp" not in p.name]):
                     val_set = _load_split(cache, "val")
+                data_info["train_samples"] = [s["_file"] for s in train_set]
+                data_info["val_samples"] = [s["_file"] for s in val_set]
             if val_set and (step % cfg.val_every == 0 or step == cfg.steps):
                 ev = evaluate_samples(net, val_set, device)
                 row.update({"val_tre_mm": round(ev["tre_mm"], 4), "val_tre_affine_mm": round(ev["tre_affine_mm"], 4),

@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 bash scripts/ensure_postgres.sh
+export TOTALREG_TEST_STRICT=1  # a missing Orthanc, PostgreSQL or Chromium fails the run (tests/tools.py require)
 export TOTALREG_TEST_PG="${TOTALREG_TEST_PG:-postgresql://postgres@127.0.0.1:5432/test}"
 set +e
 python3 -m pytest "$@"

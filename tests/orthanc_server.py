@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tools import free_port
+from tools import free_port, require
 
 ORTHANC_BIN = Path("/usr/sbin/Orthanc")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -195,7 +195,7 @@ class OrthancServer:
 def orthanc(tmp_path_factory):
     """A running Orthanc for one test module (skips when Orthanc is not installed)."""
     if not orthanc_available():
-        pytest.skip("Orthanc not installed (/usr/sbin/Orthanc)")
+        require("Orthanc not installed (/usr/sbin/Orthanc)")
     server = OrthancServer(tmp_path_factory.mktemp("orthanc"))
     server.start()
     yield server

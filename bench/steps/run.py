@@ -1,13 +1,16 @@
 """Accuracy versus instance-optimisation steps: network-initialised vs zero-initialised optimisation.
 
-    python3 bench/steps/run.py [--weights W.safetensors] [--iterations 0 10 30 60] [--synthetic-seed 901]
-                               [--wholebody] [--out bench/steps/RESULTS.md]
+    python3 bench/steps/run.py [--weights W.safetensors] [--iterations 0 10 20 30 60] [--synthetic-seed 950 951]
+                               [--elastix] [--wholebody] [--out bench/steps/RESULTS.md]
 
-For each case (the real lung pair, TRE on 51 landmarks; a held-out synthetic whole-body pair, TRE on 100
-landmarks + mean label Dice) and each iteration count N (fine-level Adam steps; the coarse level runs 1.5 N),
-``register`` runs twice: with the trained network's field as the starting point, and from zero (affine only).
-N = 0 is the network alone vs the affine alone. ``--wholebody`` also times affine + network alone on a 2 mm
-whole-body synthetic CT. Prints a table and writes RESULTS.md (commands, machine, numbers).
+For each case (the real lung pair, TRE on 51 landmarks + Dice of the lung masks; held-out synthetic whole-body
+pairs -- phantoms never used in training or model selection -- TRE on 100 landmarks + mean Dice of the 23 phantom
+labels) and each iteration count N (fine-level Adam steps; the coarse level runs 1.5 N), ``register`` runs twice:
+with the trained network's field as the starting point, and from zero (affine only). N = 0 is the network alone vs
+the affine alone. ``--elastix`` adds itk-elastix (affine + B-spline, default maps; ``bench/accuracy``) per case.
+``--wholebody`` also times affine + network alone on a 2 mm whole-body synthetic CT. Prints tables and writes
+RESULTS.md (commands, machine, numbers). Runs that do not depend on the weights (zero-init, elastix) are cached in
+``bench/out/steps_zero_init.json``.
 """
 from __future__ import annotations
 
@@ -25,14 +28,41 @@ sys.path.insert(0, str(ROOT))
 
 from registration_core.metrics import tre  # noqa: E402
 from registration_core.network import DEFAULT_WEIGHTS  # noqa: E402
-from registration_core.training.evaluate import lung_pair, run_case, synthetic_pair  # noqa: E402
+from registration_core.training.evaluate import lung_pair, lung_masks, run_case, synthetic_pair  # noqa: E402
+
+
+def run_elastix(fixed, moving, p, q, fixed_labels=None, moving_labels=None) -> dict:
+    """itk-elastix affine + B-spline (bench/accuracy's baseline): TRE (mm), Dice, time (s)."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "bench" / "accuracy"))
+    from elastix_baseline import elastix_register
+
+    from registration_core.metrics import dice
+    from registration_core.warp import warp_labels
+
+    t = time.perf_counter()
+    disp, _ = elastix_register(fixed, moving)
+    wall = time.perf_counter() - t
+    e = tre(disp, p, q)
+    out = {"tre_mean_mm": float(e.mean()), "tre_median_mm": float(np.median(e)),
+           "tre_p90_mm": float(np.percentile(e, 90)), "time_s": round(wall, 2)}
+    if fixed_labels is not None and moving_labels is not None:
+        out["dice_mean"] = float(dice(warp_labels(moving_labels, disp), fixed_labels)["mean"])
+    return out
+
+
+def _dice(r) -> str:
+    return f"{r['dice_mean']:.3f}" if r and "dice_mean" in r else "-"
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
-    ap.add_argument("--iterations", type=int, nargs="+", default=[0, 10, 30, 60])
-    ap.add_argument("--synthetic-seed", type=int, default=901)
+    ap.add_argument("--iterations", type=int, nargs="+", default=[0, 10, 20, 30, 60])
+    ap.add_argument("--synthetic-seed", type=int, nargs="+", default=[950, 951],
+                    help="held-out phantom seeds (training uses 0-31, model selection 900-901)")
+    ap.add_argument("--elastix", action="store_true", help="also run itk-elastix once per case (cached)")
     ap.add_argument("--synthetic-spacing", type=float, default=4.0)
     ap.add_argument("--no-synthetic", action="store_true")
     ap.add_argument("--wholebody", action="store_true", help="also time the network alone on a 2 mm whole-body CT")
@@ -46,16 +76,28 @@ def main(argv=None) -> int:
         return 2
     cases = []
     f, m, p, q = lung_pair()
-    cases.append(("lung pair (real, 51 landmarks)", f, m, p, q, None, None, float(tre(None, p, q).mean())))
-    if not args.no_synthetic:
-        s = synthetic_pair(args.synthetic_seed, args.synthetic_spacing)
+    fmask, mmask = lung_masks()
+    cases.append(("lung pair (real, 51 landmarks)", f, m, p, q, fmask, mmask, float(tre(None, p, q).mean())))
+    for seed in ([] if args.no_synthetic else args.synthetic_seed):
+        s = synthetic_pair(seed, args.synthetic_spacing)
         fp, fq = s.landmarks
-        cases.append((f"synthetic phantom {args.synthetic_seed} ({args.synthetic_spacing:g} mm, held out)", s.fixed,
+        cases.append((f"synthetic phantom {seed} ({args.synthetic_spacing:g} mm, held out)", s.fixed,
                       s.moving, fp, fq, s.fixed_labels, s.moving_labels, float(tre(None, fp, fq).mean())))
     rows = []
     zc = Path(args.zero_cache) if args.zero_cache else None
     zero = json.loads(zc.read_text()) if zc and zc.is_file() else {}
+    elx = {}
     for name, fx, mv, p, q, fl, ml, ident in cases:
+        if args.elastix:
+            key = f"{name}|elastix"
+            if key not in zero:
+                zero[key] = run_elastix(fx, mv, p, q, fl, ml)
+                if zc:
+                    zc.parent.mkdir(parents=True, exist_ok=True)
+                    zc.write_text(json.dumps(zero, indent=1))
+            elx[name] = zero[key]
+            print(f"{name:45s} elastix TRE {elx[name]['tre_mean_mm']:6.2f} mm Dice {_dice(elx[name])} "
+                  f"({elx[name]['time_s']:.0f} s)", flush=True)
         for n in args.iterations:
             key = f"{name}|{n}"
             if key not in zero:
@@ -105,11 +147,28 @@ def main(argv=None) -> int:
              "", "| case | N | identity TRE | zero-init TRE | network-init TRE | zero-init Dice | network-init Dice "
              "| zero-init s | network-init s |", "|---|---|---|---|---|---|---|---|---|"]
     for name, n, r0, r1, ident in rows:
-        d0 = f"{r0['dice_mean']:.3f}" if "dice_mean" in r0 else "-"
-        d1 = f"{r1['dice_mean']:.3f}" if "dice_mean" in r1 else "-"
         lines.append(f"| {name} | {n} | {ident:.2f} | {r0['tre_mean_mm']:.2f} ({r0['tre_median_mm']:.2f}) | "
-                     f"{r1['tre_mean_mm']:.2f} ({r1['tre_median_mm']:.2f}) | {d0} | {d1} | {r0['time_s']:.1f} | "
-                     f"{r1['time_s']:.1f} |")
+                     f"{r1['tre_mean_mm']:.2f} ({r1['tre_median_mm']:.2f}) | {_dice(r0)} | {_dice(r1)} | "
+                     f"{r0['time_s']:.1f} | {r1['time_s']:.1f} |")
+    lines += ["", "## Summary per case", "",
+              "TRE mean mm / Dice. *steps to match*: the smallest N at which network-init reaches zero-init's TRE at "
+              "the largest N run.", "",
+              "| case | affine only | network alone | elastix | zero-init, N max | network-init, N max | "
+              "steps to match |", "|---|---|---|---|---|---|---|"]
+    for name, *_ in cases:
+        rs = sorted((n, r0, r1) for nm, n, r0, r1, _ in rows if nm == name)
+        if not rs:
+            continue
+        nmax, z_end, n_end = rs[-1]
+        first = next((n for n, _, r1 in rs if r1["tre_mean_mm"] <= z_end["tre_mean_mm"]), None)
+        zero0 = next((r0 for n, r0, _ in rs if n == 0), None)
+        net0 = next((r1 for n, _, r1 in rs if n == 0), None)
+        e = elx.get(name)
+
+        def cell(r):
+            return f"{r['tre_mean_mm']:.2f} / {_dice(r)}" if r else "-"
+        lines.append(f"| {name} | {cell(zero0)} | {cell(net0)} | {cell(e)} | {cell(z_end)} (N={nmax}) | "
+                     f"{cell(n_end)} | {first if first is not None else '> ' + str(nmax)} vs {nmax} |")
     if wb:
         lines += ["", f"Whole-body synthetic CT resampled to 2 mm ({wb['size'][0]}x{wb['size'][1]}x{wb['size'][2]} voxels): "
                   f"affine + network alone (`iterations=0`) {wb['time_s']:.1f} s in total, network stage "

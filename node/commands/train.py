@@ -1,6 +1,6 @@
 """`totalreg train`: build a training cache, train TotalRegNet (resumable), export weights, evaluate.
 
-    totalreg train cache  [--out var/train_cache] [--synthetic 16] [--ct CT.nii.gz ...] [--pairs DIR]
+    totalreg train cache  [--out var/train_cache] [--synthetic 32] [--ct CT.nii.gz ...] [--pairs DIR]
     totalreg train run    [--cache var/train_cache] [--out var/train_run] [--steps N] [--max-minutes M]
     totalreg train export [--checkpoint var/train_run/best.pt] [--out registration_core/weights/...]
     totalreg train eval   --weights W.safetensors   (lung pair + held-out synthetic pair, network vs affine)
@@ -22,7 +22,7 @@ def add_parser(subparsers) -> None:
     c = sub.add_parser("cache", help="pre-generate 4 mm training samples (.npz) from synthetic and real CTs")
     c.add_argument("--out", default="var/train_cache", help="cache folder (default var/train_cache)")
     c.add_argument("--synthetic", type=int, default=None,
-                   help="number of synthetic phantom training pairs (default 16; 0 for none)")
+                   help="number of synthetic phantom training pairs (default 32; 0 for none)")
     c.add_argument("--ct", action="append", default=[], metavar="PATH[:LABELS[:CLASSMAP]][@N]",
                    help="single CT (file or DICOM folder) for self-supervised pairs, N variants (default 4); "
                         "optional multi-label map and classmap JSON; repeatable. Without --ct and --pairs the "
@@ -34,9 +34,11 @@ def add_parser(subparsers) -> None:
     r = sub.add_parser("run", help="train (resumes from OUT/last.pt when present)")
     r.add_argument("--cache", default="var/train_cache")
     r.add_argument("--out", default="var/train_run")
-    r.add_argument("--steps", type=int, default=2000)
+    r.add_argument("--steps", type=int, default=5000, help="total steps; the cosine schedule decays to them")
     r.add_argument("--crop", type=int, default=64, help="crop edge in voxels (default 64 = 256 mm at 4 mm)")
-    r.add_argument("--lr", type=float, default=1e-3)
+    r.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate (default 1e-3)")
+    r.add_argument("--schedule", choices=["cosine", "constant"], default="cosine",
+                   help="cosine: linear warm-up, then cosine decay to 2%% of --lr at --steps (default)")
     r.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     r.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
                    help="bf16 autocast: auto = on CUDA only (default)")
@@ -47,6 +49,9 @@ def add_parser(subparsers) -> None:
     r.add_argument("--init", default=None, help="start from these safetensors weights (fine-tuning)")
     r.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--cost-radius", type=int, nargs=2, default=[1, 2], metavar=("FULL", "HALF"),
+                   help="correlation (cost volume) radius in voxels at the input and at half resolution; "
+                        "0 0 = plain UNet (default 1 2)")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=_plain_errors(run_train))
 
@@ -119,6 +124,8 @@ def run_train(args) -> int:
     from registration_core.train import TrainConfig, train
 
     cfg = TrainConfig(cache=args.cache, out=args.out, steps=args.steps, crop=args.crop, lr=args.lr,
+                      schedule=args.schedule,
+                      network={**TrainConfig().network, "cost_radius": list(args.cost_radius)},
                       device=args.device, amp=args.amp, val_every=args.val_every,
                       checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes,
                       resume=not args.fresh, init=args.init, threads=args.threads, seed=args.seed,

@@ -113,17 +113,22 @@ def build_sample(fixed: sitk.Image, moving: sitk.Image, *, displacement: sitk.Im
                  fixed_labels: sitk.Image | None = None, moving_labels: sitk.Image | None = None,
                  lut: np.ndarray | None = None, landmarks=None, rng: np.random.Generator | None = None,
                  spacing: float = 4.0, affine_error=(2.0, 4.0), fixed_intensity_change: bool = False,
-                 kind: str = "pair", name: str = "") -> dict:
+                 kind: str = "pair", name: str = "", affine: str = "engine") -> dict:
     """Make one training sample (see the module docstring) from a fixed/moving CT pair (HU, any grids, LPS mm).
 
-    ``displacement``: exact total field (fixed grid, mm, fixed p <-> moving p + d(p)) or None (no field target;
-    the affine then comes from the engine's affine stage). ``lut``: label id -> region id table for both label
-    maps. ``affine_error``: (max rotation deg, max shift mm) of the random error added to the ground-truth affine.
+    ``displacement``: exact total field (fixed grid, mm, fixed p <-> moving p + d(p)) or None (no field target).
+    ``affine``: "engine" (default) runs the engine's own affine stage
+    (:func:`registration_core.affine.optimise_affine` with :class:`RegistrationConfig` defaults), so the network
+    trains on exactly the residual it meets at inference; "truth" uses the least-squares affine of the exact
+    correspondences plus a random error of up to ``affine_error`` = (max rotation deg, max shift mm). Pairs
+    without a field always use the engine's affine. ``lut``: label id -> region id table for both label maps.
     """
     rng = rng or np.random.default_rng(0)
     fp = Prepared(fixed, "fixed (current) image", spacing, -500.0, 15.0)
     grid = fp.grid(spacing)
     X = grid_points(grid)
+    if displacement is None or affine == "engine":
+        M, b = engine_affine(fixed, moving)
     if displacement is not None:
         d, ok = _resample_field(displacement, grid)
         body = fp.mask_on(grid)
@@ -132,9 +137,10 @@ def build_sample(fixed: sitk.Image, moving: sitk.Image, *, displacement: sitk.Im
             sel = ok
         step = max(1, int(sel.sum() // 20000))
         pts = X[sel][::step]
-        M, b = fit_affine(pts, pts + d[sel][::step])
         rot_deg, shift_mm = affine_error
-        if rot_deg or shift_mm:
+        if affine != "engine":
+            M, b = fit_affine(pts, pts + d[sel][::step])
+        if affine != "engine" and (rot_deg or shift_mm):
             c = pts.mean(0)
             E = _rot(rng.uniform(-1, 1, 3) * rot_deg)
             e = rng.uniform(-1, 1, 3) * shift_mm
@@ -145,12 +151,6 @@ def build_sample(fixed: sitk.Image, moving: sitk.Image, *, displacement: sitk.Im
         u_mm = (X + d - b) @ Minv.T - X
         valid = ok & _inside_image(moving, X + d)
     else:
-        from ..affine import optimise_affine
-
-        mp = Prepared(moving, "moving (prior) image", spacing, -500.0, 15.0)
-        aff = optimise_affine(fp, mp, (8.0, 4.0), (60, 30), WINDOW, __import__("torch").device("cpu"), 15.0)
-        M = aff.matrix
-        b = aff.center + aff.translation - M @ aff.center
         u_mm, valid = None, None
     A = _sitk_affine(M, b)
     f_hu = grid.resample(shrink_for(fixed, spacing), default=-1024.0)
@@ -171,6 +171,21 @@ def build_sample(fixed: sitk.Image, moving: sitk.Image, *, displacement: sitk.Im
         out["lm_p"] = np.asarray(landmarks[0], float)
         out["lm_q"] = np.asarray(landmarks[1], float)
     return out
+
+
+def engine_affine(fixed: sitk.Image, moving: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """The engine's affine stage with default settings (CPU): fixed point x (LPS mm) -> moving point M x + b."""
+    import torch
+
+    from ..affine import optimise_affine
+    from ..config import RegistrationConfig
+
+    cfg = RegistrationConfig()
+    fp = Prepared(fixed, "fixed (current) image", 4.0, cfg.body_threshold_hu, cfg.body_margin_mm)
+    mp = Prepared(moving, "moving (prior) image", 4.0, cfg.body_threshold_hu, cfg.body_margin_mm)
+    aff = optimise_affine(fp, mp, cfg.affine_spacings, cfg.affine_iterations, cfg.hu_window, torch.device("cpu"),
+                          cfg.rotation_starts_deg)
+    return aff.matrix, aff.center + aff.translation - aff.matrix @ aff.center
 
 
 def residual_to_mm(u_vox_xyz: np.ndarray, sample: dict, points_mm: np.ndarray) -> np.ndarray:

@@ -27,6 +27,18 @@ def lung_pair(root: Path = LUNG):
     return fixed, moving, lm[:, :3], lm[:, 3:]
 
 
+def lung_masks(root: Path = LUNG):
+    """(fixed, moving) lung masks of the real lung pair (uint8 0/1), each on its image's grid (nearest neighbour)."""
+    out = []
+    for img_name, mask_name in (("baseline_small.mha", "baseline_mask.mha"),
+                                ("followup_reconstructed.nii.gz", "followup_mask.mha")):
+        ref = sitk.ReadImage(str(root / img_name))
+        mask = sitk.Resample(sitk.ReadImage(str(root / mask_name)), ref, sitk.Transform(),
+                             sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        out.append(sitk.Cast(mask > 0, sitk.sitkUInt8))
+    return tuple(out)
+
+
 def synthetic_pair(seed: int, spacing: float = 4.0):
     """Held-out synthetic longitudinal pair (phantom ``seed``, deformation seed ``seed + 1000``)."""
     from ..synthetic import make_longitudinal_pair

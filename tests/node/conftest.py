@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tools import dcmtk, free_port  # noqa: F401  (tests/ is on sys.path, see tests/conftest.py)
+from tools import dcmtk, free_port, require  # noqa: F401  (tests/ is on sys.path, see tests/conftest.py)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -203,7 +203,7 @@ def pg_schema_url(pg_url):
     """A PostgreSQL URL bound (search_path) to a fresh schema, dropped after the test."""
     from node.db import make_engine
     if not _pg_reachable(pg_url):
-        pytest.skip(f"PostgreSQL not reachable at {pg_url}")
+        require(f"PostgreSQL not reachable at {pg_url}")
     schema = f"tr_test_{uuid.uuid4().hex[:10]}"
     eng = make_engine(pg_url)
     with eng.begin() as c:

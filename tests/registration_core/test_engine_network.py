@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from registration_core.errors import RegistrationInputError
-from registration_core.network import TotalRegNet, integrate_velocity, load_network, save_weights
+from registration_core.network import TotalRegNet, cost_volume, integrate_velocity, load_network, save_weights
 
 
-def test_forward_shapes_and_untrained_identity():
-    net = TotalRegNet().eval()
+@pytest.mark.parametrize("cost_radius", [(0, 0), (1, 2)])
+def test_forward_shapes_and_untrained_identity(cost_radius):
+    net = TotalRegNet(cost_radius=cost_radius).eval()
     f, m = torch.rand(1, 1, 19, 22, 25), torch.rand(1, 1, 19, 22, 25)
     with torch.no_grad():
         disp, w, sub = net(f, m)
@@ -50,3 +51,42 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
     with pytest.raises(RegistrationInputError, match="cannot read"):
         load_network(tmp_path / "junk.safetensors")
+
+
+def test_cost_volume_peaks_at_the_known_shift():
+    """Channel order z slowest, x fastest; channel (dz, dy, dx) compares f(v) with m(v + (dx, dy, dz)) -- the
+    network's displacement convention (fixed voxel v <-> moving voxel v + disp(v))."""
+    torch.manual_seed(1)
+    f = torch.nn.functional.avg_pool3d(torch.rand(1, 1, 24, 24, 24), 3, 1, 1)
+    shift_zyx = (2, 0, -1)                                  # m(v + s) = f(v)
+    m = torch.roll(f, shifts=shift_zyx, dims=(2, 3, 4))
+    cv = cost_volume(f, m, 2)
+    assert cv.shape == (1, 125, 24, 24, 24)
+    score = cv[0, :, 6:18, 6:18, 6:18].mean((1, 2, 3))
+    best = int(score.argmax())
+    dz, dy, dx = best // 25 - 2, (best // 5) % 5 - 2, best % 5 - 2
+    assert (dz, dy, dx) == shift_zyx
+    assert score[best] > score.sort().values[-2] + 0.1       # a clear peak, not a tie
+
+
+def test_cost_volume_network_round_trip(tmp_path):
+    torch.manual_seed(0)
+    net = TotalRegNet(channels=(8, 8, 16, 16), int_steps=4, cost_radius=(1, 1))
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.01)
+    again = load_network(save_weights(net, tmp_path / "cv.safetensors"))
+    assert again.config["cost_radius"] == [1, 1]
+    f, m = torch.rand(1, 1, 32, 32, 32), torch.rand(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net.eval()(f, m)[0], again(f, m)[0])
+
+
+def test_tiny_inputs_are_padded_so_instance_norm_works():
+    """A 16x16x8-voxel scan (64 mm at 4 mm) once made the bottleneck 1x1x1 and instance norm raised."""
+    torch.manual_seed(0)
+    net = TotalRegNet(cost_radius=(1, 2)).eval()
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.01)
+    with torch.no_grad():
+        disp, w, sub = net(torch.rand(1, 1, 8, 16, 16), torch.rand(1, 1, 8, 16, 16))
+    assert disp.shape == (1, 3, 8, 16, 16) and torch.isfinite(disp).all()

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ADMIN_PASSWORD
 from node.db import Job
-from tools import free_port
+from tools import free_port, require
 
 pytestmark = pytest.mark.browser
 CHROMIUM = os.environ.get("TOTALREG_CHROMIUM", "/usr/bin/chromium")
@@ -33,9 +33,12 @@ def server(app):
 
 @pytest.fixture
 def page():
-    sync_api = pytest.importorskip("playwright.sync_api")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        require("playwright is not installed (pip install playwright)")
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install -y chromium)")
+        require(f"no chromium at {CHROMIUM} (apt-get install -y chromium)")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         ctx = browser.new_context(viewport={"width": 1360, "height": 900}, device_scale_factor=1)

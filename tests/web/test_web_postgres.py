@@ -8,6 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from node.db import Database, Job
+from tools import require
 from web_populate import populate
 
 pytestmark = pytest.mark.postgres
@@ -24,7 +25,7 @@ def pg_db(pg_url, tmp_path):
         with eng.begin() as c:
             c.exec_driver_sql(f"CREATE SCHEMA {schema}")
     except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"PostgreSQL not reachable at {pg_url}: {exc.__class__.__name__}")
+        require(f"PostgreSQL not reachable at {pg_url}: {exc.__class__.__name__}")
     sep = "&" if "?" in pg_url else "?"
     db = Database(f"{pg_url}{sep}options=-csearch_path%3D{schema}")
     yield db
