@@ -61,3 +61,11 @@ def normal_from_iop(iop) -> np.ndarray:
     c = np.asarray(iop[3:6], dtype=float)
     n = np.cross(r, c)
     return n / np.linalg.norm(n)
+
+
+def direction_tuple(axes) -> tuple[float, ...]:
+    """Row-major 3x3 direction cosines (columns = image axes in LPS) for ``SetDirection``, with components below
+    1e-9 in magnitude set to 0: they are rounding noise of the DS strings, and subnormal values (e.g. 4e-311) make
+    ITK's SVD-based matrix inverse fail, after which every resampled point falls "outside" the image."""
+    a = np.asarray(axes, dtype=float)
+    return tuple(np.where(np.abs(a) < 1e-9, 0.0, a).ravel().tolist())

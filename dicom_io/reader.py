@@ -41,6 +41,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_rescale
 
 from .errors import DicomInputError
+from .geometry import direction_tuple
 from .ie_attributes import PATIENT_KEYWORDS, STUDY_KEYWORDS
 from .validate import (MAX_POSITION_MM, MAX_RESCALE, MAX_SPACING_MM, decode_all, image_header, integer, numbers,
                        one_line, orientation, short)
@@ -434,7 +435,7 @@ def _read_series(paths_or_folder, missing_slices: str, nonuniform: str, max_spac
     image = sitk.GetImageFromArray(volume.astype(np.float32, copy=False))
     image.SetSpacing((sp_col, sp_row, spacing_z))
     image.SetOrigin(tuple(float(v) for v in ipp0))
-    image.SetDirection(tuple(np.column_stack([row, col, normal]).ravel().tolist()))
+    image.SetDirection(direction_tuple(np.column_stack([row, col, normal])))
 
     # --- headers -----------------------------------------------------------------------------------------
     order = list(dict.fromkeys(f.dataset_index for f in frames))

@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from ..errors import DicomInputError
-from ..geometry import ds_list
+from ..geometry import direction_tuple, ds_list
 from ..reader import SeriesVolume
 from .common import (Equipment, check_same_patient, code_item, common_instance_reference, file_meta_for,
                      new_registration_dataset, now_da_tm, referenced_image_sequence)
@@ -56,7 +56,7 @@ def grid_geometry(image: sitk.Image, grid_spacing_mm: float = 3.0) -> sitk.Image
     grid = sitk.Image([int(v) for v in dims], sitk.sitkUInt8)
     grid.SetSpacing([float(v) for v in spacing])
     grid.SetOrigin([float(v) for v in origin])
-    grid.SetDirection(axes.ravel().tolist())
+    grid.SetDirection(direction_tuple(axes))
     return grid
 
 
@@ -160,7 +160,7 @@ def dsr_vectors(ds: Dataset) -> tuple[np.ndarray, sitk.Image]:
     grid = sitk.Image(dims, sitk.sitkUInt8)
     grid.SetSpacing([float(v) for v in g.GridResolution])
     grid.SetOrigin([float(v) for v in g.ImagePositionPatient])
-    grid.SetDirection(axes.ravel().tolist())
+    grid.SetDirection(direction_tuple(axes))
     return vec, grid
 
 
