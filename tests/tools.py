@@ -24,7 +24,7 @@ def dcmtk(name: str) -> str:
 
 
 def require(reason: str) -> None:
-    """A tool the suite needs (Orthanc, PostgreSQL, Chromium, real CT data) is missing: skip when pytest runs
+    """A tool the suite needs (Orthanc, PostgreSQL, Chromium, Playwright) is missing: skip when pytest runs
     ad hoc, but FAIL under the project's test command (``scripts/test.sh`` sets TOTALREG_TEST_STRICT=1), so CI
     can never go green by skipping the tests an issue depends on."""
     if os.environ.get("TOTALREG_TEST_STRICT") == "1":

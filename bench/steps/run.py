@@ -28,28 +28,19 @@ sys.path.insert(0, str(ROOT))
 
 from registration_core.metrics import tre  # noqa: E402
 from registration_core.network import DEFAULT_WEIGHTS  # noqa: E402
-from registration_core.training.evaluate import lung_pair, lung_masks, run_case, synthetic_pair  # noqa: E402
+from registration_core.training.evaluate import (field_scores, lung_pair, lung_masks, run_case,  # noqa: E402
+                                                synthetic_pair)
 
 
 def run_elastix(fixed, moving, p, q, fixed_labels=None, moving_labels=None) -> dict:
     """itk-elastix affine + B-spline (bench/accuracy's baseline): TRE (mm), Dice, time (s)."""
-    import numpy as np
-
     sys.path.insert(0, str(ROOT / "bench" / "accuracy"))
     from elastix_baseline import elastix_register
-
-    from registration_core.metrics import dice
-    from registration_core.warp import warp_labels
 
     t = time.perf_counter()
     disp, _ = elastix_register(fixed, moving)
     wall = time.perf_counter() - t
-    e = tre(disp, p, q)
-    out = {"tre_mean_mm": float(e.mean()), "tre_median_mm": float(np.median(e)),
-           "tre_p90_mm": float(np.percentile(e, 90)), "time_s": round(wall, 2)}
-    if fixed_labels is not None and moving_labels is not None:
-        out["dice_mean"] = float(dice(warp_labels(moving_labels, disp), fixed_labels)["mean"])
-    return out
+    return {**field_scores(disp, p, q, fixed_labels, moving_labels), "time_s": round(wall, 2)}
 
 
 def _dice(r) -> str:

@@ -5,10 +5,9 @@ A *sample* is what the engine feeds the network (see ``engine.register`` step 3-
 - ``f``: fixed (current) CT on an axis-aligned isotropic grid over the fixed body box (``spacing`` mm, default
   4), normalised to [0, 1] (HU window -1000..1000), float16 [z, y, x];
 - ``m``: moving (prior) CT resampled onto the same grid through an affine ``A`` (fixed point -> moving point,
-  ``y = M x + b``), normalised likewise. For pairs with an exact ground truth, ``A`` is the least-squares affine
-  of the true correspondences inside the body, perturbed by a small random rigid error (default up to 2 deg and
-  4 mm) so the network learns to absorb the residual of an imperfect affine stage. Pairs without ground truth use
-  the engine's own :func:`registration_core.affine.optimise_affine`;
+  ``y = M x + b``), normalised likewise. ``A`` is the engine's own affine stage (:func:`engine_affine`), so the
+  network learns exactly the residual it meets at inference; ``build_sample(affine="truth")`` uses instead the
+  least-squares affine of the true correspondences inside the body, perturbed by a small random rigid error;
 - ``u`` (optional): ground-truth residual field in VOXELS, channels (x, y, z), [3, z, y, x] float16, defined by
   ``A(x + u(x)) = x + d(x)`` with ``d`` the exact total field (so fixed voxel v <-> ``m`` at v + u(v), the network's
   output convention); ``valid`` (uint8) marks where it is defined (inside both fields of view);
@@ -131,22 +130,21 @@ def build_sample(fixed: sitk.Image, moving: sitk.Image, *, displacement: sitk.Im
         M, b = engine_affine(fixed, moving)
     if displacement is not None:
         d, ok = _resample_field(displacement, grid)
-        body = fp.mask_on(grid)
-        sel = body & ok
-        if sel.sum() < 100:
-            sel = ok
-        step = max(1, int(sel.sum() // 20000))
-        pts = X[sel][::step]
-        rot_deg, shift_mm = affine_error
         if affine != "engine":
+            sel = fp.mask_on(grid) & ok
+            if sel.sum() < 100:
+                sel = ok
+            step = max(1, int(sel.sum() // 20000))
+            pts = X[sel][::step]
             M, b = fit_affine(pts, pts + d[sel][::step])
-        if affine != "engine" and (rot_deg or shift_mm):
-            c = pts.mean(0)
-            E = _rot(rng.uniform(-1, 1, 3) * rot_deg)
-            e = rng.uniform(-1, 1, 3) * shift_mm
-            # A'(x) = A(E (x - c) + c + e): an affine stage that is slightly off
-            b = M @ (c + e - E @ c) + b
-            M = M @ E
+            rot_deg, shift_mm = affine_error
+            if rot_deg or shift_mm:
+                c = pts.mean(0)
+                E = _rot(rng.uniform(-1, 1, 3) * rot_deg)
+                e = rng.uniform(-1, 1, 3) * shift_mm
+                # A'(x) = A(E (x - c) + c + e): an affine stage that is slightly off
+                b = M @ (c + e - E @ c) + b
+                M = M @ E
         Minv = np.linalg.inv(M)
         u_mm = (X + d - b) @ Minv.T - X
         valid = ok & _inside_image(moving, X + d)
