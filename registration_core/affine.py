@@ -106,8 +106,15 @@ def _loss(model, lv: _Level):
     return -(lv.lncc.map(warped) * w).sum() / w.sum().clamp_min(1.0)
 
 
-def _run(model, lv, iters, lr_t, lr_b):
-    """Adam with a linearly decaying rate; returns (final negative LNCC, fixed-body overlap fraction)."""
+def _non_rigidity(matrix: torch.Tensor) -> torch.Tensor:
+    """Squared Frobenius norm of M^T M - I (dimensionless): 0 for a rotation, about 6 s^2 for an isotropic scaling
+    by 1 + s, about 2 h^2 for a shear h."""
+    return (matrix.T @ matrix - torch.eye(3, device=matrix.device, dtype=matrix.dtype)).pow(2).sum()
+
+
+def _run(model, lv, iters, lr_t, lr_b, rigidity: float = 0.0):
+    """Adam with a linearly decaying rate on -LNCC + rigidity * :func:`_non_rigidity`; returns (final negative
+    LNCC, fixed-body overlap fraction)."""
     opt = torch.optim.Adam([{"params": [model.t], "lr": lr_t}, {"params": [model.b], "lr": lr_b}])
     base = [lr_t, lr_b]
     for it in range(iters):
@@ -115,7 +122,7 @@ def _run(model, lv, iters, lr_t, lr_b):
         for g, b in zip(opt.param_groups, base):
             g["lr"] = b * frac
         opt.zero_grad()
-        loss = _loss(model, lv)
+        loss = _loss(model, lv) + rigidity * _non_rigidity(model.matrix())
         loss.backward()
         opt.step()
     with torch.no_grad():
@@ -197,7 +204,7 @@ def _inplane_shift(fp: Prepared, mp: Prepared, dz: float) -> np.ndarray:
 
 
 def optimise_affine(fp: Prepared, mp: Prepared, spacings, iterations, window, device,
-                    rotation_deg: float = 15.0, progress=None) -> AffineResult:
+                    rotation_deg: float = 15.0, progress=None, rigidity: float = 0.0) -> AffineResult:
     """Fixed -> moving affine (see module docstring). ``spacings``/``iterations``: coarse-to-fine levels (mm).
 
     Starts (table position and field of view may differ, the patient may lie rotated): body centroids, top and
@@ -206,6 +213,10 @@ def optimise_affine(fp: Prepared, mp: Prepared, spacings, iterations, window, de
     rotations about the body (z) axis of 0, +-rotation_deg/2, +-rotation_deg (and +-rotation_deg about x and y
     for the best one) by a few Adam steps at the coarsest level. The best starts by overlap-normalised LNCC
     are refined coarse to fine and the best result is returned; ``similarity`` is its LNCC over the overlap.
+    ``rigidity`` weighs :func:`_non_rigidity` of the matrix against LNCC in every Adam step: scans of one patient
+    differ mainly by a rigid motion, and without it a shear and a 7 % z-compression that matched a prior with a
+    shorter field of view slightly better left 25 mm errors (held-out phantom 950: affine TRE 10.5 -> 3.0 mm at
+    0.3; scalings the images do support, e.g. 4 % on the real lung pair, are kept).
     """
     levels = [_Level(fp, mp, s, window, device) for s in spacings]
     zlo, zhi = float(mp.fov[0][2]), float(mp.fov[1][2])
@@ -237,7 +248,7 @@ def optimise_affine(fp: Prepared, mp: Prepared, spacings, iterations, window, de
 
     def trial(r0, t0):
         m = _Model(r0, t0, c, device)
-        loss, ov = _run(m, lv0, probe, lr_t0, lr_b0)
+        loss, ov = _run(m, lv0, probe, lr_t0, lr_b0, rigidity)
         scored.append((_score(loss, ov, need), m))
 
     for t0 in cands:
@@ -261,13 +272,13 @@ def optimise_affine(fp: Prepared, mp: Prepared, spacings, iterations, window, de
     # the two best starts are refined at the coarsest level, the better one then at the finer levels
     results = []
     for _, model in scored[:2]:
-        loss, ov = _run(model, lv0, iterations[0], 0.5 * lv0.spacing, 0.01 * lv0.spacing / 8)
+        loss, ov = _run(model, lv0, iterations[0], 0.5 * lv0.spacing, 0.01 * lv0.spacing / 8, rigidity)
         total += iterations[0]
         results.append((_score(loss, ov, need), -loss, model))
     _, sim, model = max(results, key=lambda r: r[0])
     sim_coarse = sim
     for lv, iters in zip(levels[1:], iterations[1:]):
-        loss, _ = _run(model, lv, iters, 0.5 * lv.spacing, 0.01 * lv.spacing / 8)
+        loss, _ = _run(model, lv, iters, 0.5 * lv.spacing, 0.01 * lv.spacing / 8, rigidity)
         sim = -loss
         total += iters
     if progress is not None:

@@ -16,7 +16,8 @@ class RegistrationConfig:
     working_spacing: finest isotropic working grid spacing (mm) of the dense field; raised automatically to the
         fixed image's finest voxel spacing, and when the body box would exceed ``max_working_voxels`` (CPU) so
         that large scans stay fast.
-    affine_spacings: grid spacings (mm), coarse to fine, of the affine pre-alignment.
+    affine_spacings: grid spacings (mm), coarse to fine, of the affine pre-alignment; affine_rigidity: weight of
+        the penalty ||M^T M - I||^2 on the affine matrix M against LNCC (0: a free affine).
     smoothness: diffusion penalty weight; lncc_radius_vox: LNCC window radius in voxels at every level (None:
         lncc_radius_mm); level_factors: instance-optimisation levels as multiples of the working spacing;
         adam_eps: Adam epsilon on a per-control-point-sum loss (None: plain mean loss, eps 1e-8).
@@ -33,6 +34,7 @@ class RegistrationConfig:
     affine_spacings: tuple[float, ...] = (8.0, 4.0)
     affine_iterations: tuple[int, ...] = (50, 30)
     rotation_starts_deg: float = 15.0
+    affine_rigidity: float = 0.3
     hu_window: tuple[float, float] = (-1000.0, 1000.0)
     body_threshold_hu: float = -500.0
     body_margin_mm: float = 15.0
@@ -40,9 +42,9 @@ class RegistrationConfig:
     coarse_iteration_factor: float = 1.5
     control_factor: float = 2.0
     lncc_radius_mm: float = 5.0
-    lncc_radius_vox: int | None = 2
+    lncc_radius_vox: int | None = 3
     adam_eps: float | None = 1e-2
-    smoothness: float = 0.1
+    smoothness: float = 0.2
     folding_weight: float = 10.0
     folding_floor: float = 0.2
     field_smoothing_passes: int = 1

@@ -199,7 +199,7 @@ def _register(fixed, moving, cfg: RegistrationConfig, progress: bool, device, t_
         bar.stage("affine")
         t = time.perf_counter()
         aff = optimise_affine(fp, mp, cfg.affine_spacings, cfg.affine_iterations, cfg.hu_window, device,
-                              cfg.rotation_starts_deg, progress=bar)
+                              cfg.rotation_starts_deg, progress=bar, rigidity=cfg.affine_rigidity)
         times["affine"] = time.perf_counter() - t
         overlap = _inside_fraction(aff, fp, mp)
         report["affine"] = {"matrix": aff.matrix.tolist(), "center_mm": aff.center.tolist(),

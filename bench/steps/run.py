@@ -1,6 +1,6 @@
 """Accuracy versus instance-optimisation steps: network-initialised vs zero-initialised optimisation.
 
-    python3 bench/steps/run.py [--weights W.safetensors] [--iterations 0 10 20 30 60] [--synthetic-seed 950 951]
+    python3 bench/steps/run.py [--weights W.safetensors] [--iterations 0 5 10 15 20 30 60] [--synthetic-seed 950 951]
                                [--elastix] [--wholebody] [--out bench/steps/RESULTS.md]
 
 For each case (the real lung pair, TRE on 51 landmarks + Dice of the lung masks; held-out synthetic whole-body
@@ -9,12 +9,13 @@ labels) and each iteration count N (fine-level Adam steps; the coarse level runs
 with the trained network's field as the starting point, and from zero (affine only). N = 0 is the network alone vs
 the affine alone. ``--elastix`` adds itk-elastix (affine + B-spline, default maps; ``bench/accuracy``) per case.
 ``--wholebody`` also times affine + network alone on a 2 mm whole-body synthetic CT. Prints tables and writes
-RESULTS.md (commands, machine, numbers). Runs that do not depend on the weights (zero-init, elastix) are cached in
-``bench/out/steps_zero_init.json``.
+RESULTS.md (commands, machine, numbers). Finished runs are cached in ``bench/out/steps_cache.json`` under keys
+that include the engine settings and the weights file's hash, so a changed setting or checkpoint is re-run.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -26,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from registration_core.config import RegistrationConfig  # noqa: E402
 from registration_core.metrics import tre  # noqa: E402
 from registration_core.network import DEFAULT_WEIGHTS  # noqa: E402
 from registration_core.training.evaluate import (field_scores, lung_pair, lung_masks, run_case,  # noqa: E402
@@ -43,6 +45,23 @@ def run_elastix(fixed, moving, p, q, fixed_labels=None, moving_labels=None) -> d
     return {**field_scores(disp, p, q, fixed_labels, moving_labels), "time_s": round(wall, 2)}
 
 
+def _fingerprint(obj) -> str:
+    """Short sha256 of bytes or of a JSON-serialisable object (cache keys)."""
+    data = obj if isinstance(obj, bytes) else json.dumps(obj, sort_keys=True).encode()
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
+def _steps_to_match(rs) -> str:
+    """For each zero-init N > 0: 'N -> N*' with N* the fewest network-init steps reaching zero-init's TRE at N."""
+    out = []
+    for n, r0, _ in rs:
+        if n == 0:
+            continue
+        hit = next((m for m, _, r1 in rs if r1["tre_mean_mm"] <= r0["tre_mean_mm"]), None)
+        out.append(f"{n}→{hit if hit is not None else '>' + str(rs[-1][0])}")
+    return ", ".join(out)
+
+
 def _dice(r) -> str:
     return f"{r['dice_mean']:.3f}" if r and "dice_mean" in r else "-"
 
@@ -50,7 +69,7 @@ def _dice(r) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
-    ap.add_argument("--iterations", type=int, nargs="+", default=[0, 10, 20, 30, 60])
+    ap.add_argument("--iterations", type=int, nargs="+", default=[0, 5, 10, 15, 20, 30, 60])
     ap.add_argument("--synthetic-seed", type=int, nargs="+", default=[950, 951],
                     help="held-out phantom seeds (training uses 0-31, model selection 900-901)")
     ap.add_argument("--elastix", action="store_true", help="also run itk-elastix once per case (cached)")
@@ -58,9 +77,10 @@ def main(argv=None) -> int:
     ap.add_argument("--no-synthetic", action="store_true")
     ap.add_argument("--wholebody", action="store_true", help="also time the network alone on a 2 mm whole-body CT")
     ap.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
-    ap.add_argument("--zero-cache", default=str(ROOT / "bench" / "out" / "steps_zero_init.json"),
-                    help="JSON cache of zero-init runs (they do not depend on the weights); '' to disable")
-    ap.add_argument("--zero-only", action="store_true", help="only fill the zero-init cache")
+    ap.add_argument("--cache", default=str(ROOT / "bench" / "out" / "steps_cache.json"),
+                    help="JSON cache of finished runs, keyed by case, start, N, engine settings and weights file "
+                         "hash (a changed setting or checkpoint is re-run); '' to disable")
+    ap.add_argument("--zero-only", action="store_true", help="only fill the cache's zero-init runs")
     args = ap.parse_args(argv)
     if not args.zero_only and not Path(args.weights).is_file():
         print(f"weights not found: {args.weights}", file=sys.stderr)
@@ -75,32 +95,32 @@ def main(argv=None) -> int:
         cases.append((f"synthetic phantom {seed} ({args.synthetic_spacing:g} mm, held out)", s.fixed,
                       s.moving, fp, fq, s.fixed_labels, s.moving_labels, float(tre(None, fp, fq).mean())))
     rows = []
-    zc = Path(args.zero_cache) if args.zero_cache else None
-    zero = json.loads(zc.read_text()) if zc and zc.is_file() else {}
+    zc = Path(args.cache) if args.cache else None
+    cache = json.loads(zc.read_text()) if zc and zc.is_file() else {}
+    settings = _fingerprint(RegistrationConfig().to_dict())
+    net_key = "" if args.zero_only else _fingerprint(Path(args.weights).read_bytes())
+
+    def cached(key, run):
+        if key not in cache:
+            cache[key] = run()
+            if zc:
+                zc.parent.mkdir(parents=True, exist_ok=True)
+                zc.write_text(json.dumps(cache, indent=1))
+        return cache[key]
+
     elx = {}
     for name, fx, mv, p, q, fl, ml, ident in cases:
         if args.elastix:
-            key = f"{name}|elastix"
-            if key not in zero:
-                zero[key] = run_elastix(fx, mv, p, q, fl, ml)
-                if zc:
-                    zc.parent.mkdir(parents=True, exist_ok=True)
-                    zc.write_text(json.dumps(zero, indent=1))
-            elx[name] = zero[key]
+            elx[name] = cached(f"{name}|elastix", lambda: run_elastix(fx, mv, p, q, fl, ml))
             print(f"{name:45s} elastix TRE {elx[name]['tre_mean_mm']:6.2f} mm Dice {_dice(elx[name])} "
                   f"({elx[name]['time_s']:.0f} s)", flush=True)
         for n in args.iterations:
-            key = f"{name}|{n}"
-            if key not in zero:
-                zero[key] = run_case(fx, mv, p, q, "none", n, fl, ml)
-                if zc:
-                    zc.parent.mkdir(parents=True, exist_ok=True)
-                    zc.write_text(json.dumps(zero, indent=1))
-            r0 = zero[key]
+            r0 = cached(f"{name}|zero|{n}|{settings}", lambda: run_case(fx, mv, p, q, "none", n, fl, ml))
             if args.zero_only:
                 print(f"{name:45s} N={n:3d}  zero-init TRE {r0['tre_mean_mm']:6.2f} mm", flush=True)
                 continue
-            r1 = run_case(fx, mv, p, q, args.weights, n, fl, ml)
+            r1 = cached(f"{name}|network|{n}|{settings}|{net_key}",
+                        lambda: run_case(fx, mv, p, q, args.weights, n, fl, ml))
             rows.append((name, n, r0, r1, ident))
             print(f"{name:45s} N={n:3d}  zero-init TRE {r0['tre_mean_mm']:6.2f} mm ({r0['time_s']:5.1f} s)  "
                   f"network-init TRE {r1['tre_mean_mm']:6.2f} mm ({r1['time_s']:5.1f} s)"
@@ -142,16 +162,20 @@ def main(argv=None) -> int:
                      f"{r1['tre_mean_mm']:.2f} ({r1['tre_median_mm']:.2f}) | {_dice(r0)} | {_dice(r1)} | "
                      f"{r0['time_s']:.1f} | {r1['time_s']:.1f} |")
     lines += ["", "## Summary per case", "",
-              "TRE mean mm / Dice. *steps to match*: the smallest N at which network-init reaches zero-init's TRE at "
-              "the largest N run.", "",
+              "TRE mean mm / Dice. *zero-init best*: zero-init's lowest TRE over the N run (instance optimisation can "
+              "over-fit intensity, so more steps are not always better). *steps to reach it*: the smallest N at which "
+              "each start reaches that TRE. *same TRE in fewer steps*: for each zero-init N, the fewest network-init steps "
+              "with a TRE at least as low (N→N*).", "",
               "| case | affine only | network alone | elastix | zero-init, N max | network-init, N max | "
-              "steps to match |", "|---|---|---|---|---|---|---|"]
+              "zero-init best | steps to reach it: zero-init vs network-init | same TRE in fewer steps |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for name, *_ in cases:
         rs = sorted((n, r0, r1) for nm, n, r0, r1, _ in rows if nm == name)
         if not rs:
             continue
         nmax, z_end, n_end = rs[-1]
-        first = next((n for n, _, r1 in rs if r1["tre_mean_mm"] <= z_end["tre_mean_mm"]), None)
+        n_best, z_best = min(((n, r0) for n, r0, _ in rs), key=lambda x: (x[1]["tre_mean_mm"], x[0]))
+        first = next((n for n, _, r1 in rs if r1["tre_mean_mm"] <= z_best["tre_mean_mm"]), None)
         zero0 = next((r0 for n, r0, _ in rs if n == 0), None)
         net0 = next((r1 for n, _, r1 in rs if n == 0), None)
         e = elx.get(name)
@@ -159,7 +183,8 @@ def main(argv=None) -> int:
         def cell(r):
             return f"{r['tre_mean_mm']:.2f} / {_dice(r)}" if r else "-"
         lines.append(f"| {name} | {cell(zero0)} | {cell(net0)} | {cell(e)} | {cell(z_end)} (N={nmax}) | "
-                     f"{cell(n_end)} | {first if first is not None else '> ' + str(nmax)} vs {nmax} |")
+                     f"{cell(n_end)} | {z_best['tre_mean_mm']:.2f} (N={n_best}) | {n_best} vs "
+                     f"{first if first is not None else '> ' + str(nmax)} | {_steps_to_match(rs)} |")
     if wb:
         lines += ["", f"Whole-body synthetic CT resampled to 2 mm ({wb['size'][0]}x{wb['size'][1]}x{wb['size'][2]} voxels): "
                   f"affine + network alone (`iterations=0`) {wb['time_s']:.1f} s in total, network stage "

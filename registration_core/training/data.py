@@ -182,7 +182,7 @@ def engine_affine(fixed: sitk.Image, moving: sitk.Image) -> tuple[np.ndarray, np
     fp = Prepared(fixed, "fixed (current) image", 4.0, cfg.body_threshold_hu, cfg.body_margin_mm)
     mp = Prepared(moving, "moving (prior) image", 4.0, cfg.body_threshold_hu, cfg.body_margin_mm)
     aff = optimise_affine(fp, mp, cfg.affine_spacings, cfg.affine_iterations, cfg.hu_window, torch.device("cpu"),
-                          cfg.rotation_starts_deg)
+                          cfg.rotation_starts_deg, rigidity=cfg.affine_rigidity)
     return aff.matrix, aff.center + aff.translation - aff.matrix @ aff.center
 
 
