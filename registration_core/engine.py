@@ -4,10 +4,12 @@ See the package docstring for the method; conventions in docs/CONTRACTS.md.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -124,16 +126,18 @@ def _pick_spacing(fp: Prepared, cfg: RegistrationConfig, device) -> float:
 
 
 def _load_net(cfg: RegistrationConfig, device):
+    """(network or None, status: the weights path or why there is none, sha256 hex of the weights file or None)."""
     from .network import DEFAULT_WEIGHTS, load_network
 
     w = cfg.weights
     if w is not None and str(w).strip().lower() in ("", "none"):
-        return None, "disabled"
+        return None, "disabled", None
     if w is None:
         if not DEFAULT_WEIGHTS.is_file():
-            return None, "skipped (no weights file)"
+            return None, "skipped (no weights file)", None
         w = DEFAULT_WEIGHTS
-    return load_network(w, device), str(w)
+    net = load_network(w, device)
+    return net, str(w), hashlib.sha256(Path(w).read_bytes()).hexdigest()
 
 
 def register(fixed: sitk.Image, moving: sitk.Image, config: RegistrationConfig | None = None,
@@ -253,7 +257,7 @@ def _register(fixed, moving, cfg: RegistrationConfig, progress: bool, device, t_
         # 4. network prediction (skipped without weights)
         bar.stage("network")
         t = time.perf_counter()
-        net, net_status = _load_net(cfg, device)
+        net, net_status, net_sha = _load_net(cfg, device)
         init_u = None
         if net is not None:
             g4 = grid.resized(cfg.network_spacing)
@@ -262,6 +266,7 @@ def _register(fixed, moving, cfg: RegistrationConfig, progress: bool, device, t_
                 init_u = resize(disp * g4.spacing, f.shape[-3:])
         times["network"] = time.perf_counter() - t
         report["network"] = net_status
+        report["network_sha256"] = net_sha  # which weights made this field (audit trail; None without a network)
         bar.update(1)
 
         # 5. instance optimisation (coarse -> fine)

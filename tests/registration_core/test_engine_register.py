@@ -1,6 +1,7 @@
 """Engine behaviour on small analytic phantoms (CPU, 5 mm voxels): signs, sizes, conventions."""
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from registration_core import RegistrationConfig, RegistrationInputError, register
+from registration_core.network import DEFAULT_WEIGHTS
 from registration_core.warp import warp_image, warp_labels
 from test_engine_phantom import grid_points, make
 
@@ -97,6 +99,9 @@ def test_conventions_match_simpleitk_and_non_identity_direction():
     assert rep["device"] == "cpu" and rep["memory"]["peak_rss_bytes"] > 0
     assert 0 <= rep["folding_percent"] < 0.5 and rep["sdlogj"] < 0.2
     assert {"preprocess", "affine", "instance_optimisation", "full_resolution", "total"} <= set(rep["times_s"])
+    # the report names the weights that made the field, by path and content hash
+    assert rep["network"] == str(DEFAULT_WEIGHTS)
+    assert rep["network_sha256"] == hashlib.sha256(DEFAULT_WEIGHTS.read_bytes()).hexdigest()
 
 
 def test_warp_labels_nearest_and_outside_zero():
