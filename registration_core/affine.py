@@ -4,7 +4,8 @@ steps at the coarsest level and ranked by LNCC over the overlap of the two field
 coarse to fine by Adam on LNCC with per-parameter learning rates.
 
 Model (fixed world point x -> moving world point y, mm, LPS):  y = M (x - c) + c + t,  M = R0 + B,
-with c the fixed body centroid, R0 the start rotation, B (3x3, starts 0) and t (mm) optimised. This is exactly
+with c the fixed body centroid, R0 the start rotation, B (3x3, starts 0) and t (mm) optimised; a penalty
+rigidity * ||M^T M - I||^2 keeps M near a rotation unless the images demand a scaling or shear. This is exactly
 ``sitk.AffineTransform`` with matrix M, center c, translation t (a resampling transform: fixed -> moving).
 The similarity is computed only over fixed body voxels whose image lies inside the moving scan's z-range and is
 normalised by that overlap, so a moving scan with a shorter or shifted field of view is not penalised for the
@@ -107,7 +108,7 @@ def _loss(model, lv: _Level):
 
 
 def _non_rigidity(matrix: torch.Tensor) -> torch.Tensor:
-    """Squared Frobenius norm of M^T M - I (dimensionless): 0 for a rotation, about 6 s^2 for an isotropic scaling
+    """Squared Frobenius norm of M^T M - I (dimensionless): 0 for a rotation, about 12 s^2 for an isotropic scaling
     by 1 + s, about 2 h^2 for a shear h."""
     return (matrix.T @ matrix - torch.eye(3, device=matrix.device, dtype=matrix.dtype)).pow(2).sum()
 
