@@ -9,7 +9,7 @@ labels) and each iteration count N (fine-level Adam steps; the coarse level runs
 with the trained network's field as the starting point, and from zero (affine only). N = 0 is the network alone vs
 the affine alone. ``--elastix`` adds itk-elastix (affine + B-spline, default maps; ``bench/accuracy``) per case.
 ``--wholebody`` also times affine + network alone on a 2 mm whole-body synthetic CT. Prints tables and writes
-RESULTS.md (commands, machine, numbers). Finished runs are cached in ``bench/out/steps_cache.json`` under keys
+RESULTS.md (commands, machine, numbers) and RESULTS.png (TRE against N per case). Finished runs are cached in ``bench/out/steps_cache.json`` under keys
 that include the engine settings and the weights file's hash, so a changed setting or checkpoint is re-run.
 """
 from __future__ import annotations
@@ -60,6 +60,36 @@ def _steps_to_match(rs) -> str:
         hit = next((m for m, _, r1 in rs if r1["tre_mean_mm"] <= r0["tre_mean_mm"]), None)
         out.append(f"{n}→{hit if hit is not None else '>' + str(rs[-1][0])}")
     return ", ".join(out)
+
+
+def plot_curves(rows, elx: dict, path: Path) -> None:
+    """TRE (mm) against optimisation steps N, one panel per case: zero-init and network-init lines, elastix as a
+    horizontal reference. Written as PNG to ``path``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(r[0] for r in rows))
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        rs = sorted((n, r0, r1) for nm, n, r0, r1, _ in rows if nm == name)
+        ns = [n for n, _, _ in rs]
+        ax.plot(ns, [r0["tre_mean_mm"] for _, r0, _ in rs], "o--", color="tab:gray", label="zero-init (affine start)")
+        ax.plot(ns, [r1["tre_mean_mm"] for _, _, r1 in rs], "o-", color="tab:blue", label="network-init")
+        if name in elx and elx[name]["tre_mean_mm"] < 3 * max(r0["tre_mean_mm"] for _, r0, _ in rs):
+            ax.axhline(elx[name]["tre_mean_mm"], color="tab:red", ls=":", label="itk-elastix")
+        elif name in elx:
+            ax.text(0.97, 0.95, f"itk-elastix: {elx[name]['tre_mean_mm']:.1f} mm (off scale)", color="tab:red",
+                    fontsize=8, ha="right", va="top", transform=ax.transAxes)
+        ax.set_title(name.replace(" (", "\n("), fontsize=9)
+        ax.set_xlabel("fine-level optimisation steps N")
+        ax.set_ylabel("mean TRE (mm)")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _dice(r) -> str:
@@ -189,6 +219,9 @@ def main(argv=None) -> int:
         lines += ["", f"Whole-body synthetic CT resampled to 2 mm ({wb['size'][0]}x{wb['size'][1]}x{wb['size'][2]} voxels): "
                   f"affine + network alone (`iterations=0`) {wb['time_s']:.1f} s in total, network stage "
                   f"{wb['network_s']:.2f} s (target < 20 s)."]
+    png = Path(args.out).with_suffix(".png")
+    plot_curves(rows, elx, png)
+    lines += ["", f"Curves: `{png.name}` (TRE against N; elastix as a line, or as a note where it is off scale)."]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
     return 0
