@@ -125,6 +125,20 @@ def _pick_spacing(fp: Prepared, cfg: RegistrationConfig, device) -> float:
     return float(round(s, 2))
 
 
+def prepare_pair(fixed: sitk.Image, moving: sitk.Image, cfg: RegistrationConfig) -> tuple[Prepared, Prepared]:
+    """The engine's preprocessing of a (current, prior) pair: 4 mm axis-aligned LPS copies with body masks and
+    boxes (:class:`Prepared`), with ``cfg``'s body threshold (HU) and margin (mm)."""
+    return (Prepared(fixed, "fixed (current) image", 4.0, cfg.body_threshold_hu, cfg.body_margin_mm),
+            Prepared(moving, "moving (prior) image", 4.0, cfg.body_threshold_hu, cfg.body_margin_mm))
+
+
+def affine_stage(fp: Prepared, mp: Prepared, cfg: RegistrationConfig, device, progress=None) -> AffineResult:
+    """The engine's affine pre-alignment (fixed point -> moving point, LPS mm) with ``cfg``'s settings; used by
+    :func:`register` and by the training data, so both always run the same stage."""
+    return optimise_affine(fp, mp, cfg.affine_spacings, cfg.affine_iterations, cfg.hu_window, device,
+                           cfg.rotation_starts_deg, progress=progress, rigidity=cfg.affine_rigidity)
+
+
 def _load_net(cfg: RegistrationConfig, device):
     """(network or None, status: the weights path or why there is none, sha256 hex of the weights file or None)."""
     from .network import DEFAULT_WEIGHTS, load_network
@@ -195,15 +209,13 @@ def _register(fixed, moving, cfg: RegistrationConfig, progress: bool, device, t_
         # 1. preprocessing: coarse axis-aligned copies, body masks and boxes
         bar.stage("preprocess")
         t = time.perf_counter()
-        fp = Prepared(fixed, "fixed (current) image", 4.0, cfg.body_threshold_hu, cfg.body_margin_mm)
-        mp = Prepared(moving, "moving (prior) image", 4.0, cfg.body_threshold_hu, cfg.body_margin_mm)
+        fp, mp = prepare_pair(fixed, moving, cfg)
         times["preprocess"] = time.perf_counter() - t
 
         # 2. affine pre-alignment
         bar.stage("affine")
         t = time.perf_counter()
-        aff = optimise_affine(fp, mp, cfg.affine_spacings, cfg.affine_iterations, cfg.hu_window, device,
-                              cfg.rotation_starts_deg, progress=bar, rigidity=cfg.affine_rigidity)
+        aff = affine_stage(fp, mp, cfg, device, progress=bar)
         times["affine"] = time.perf_counter() - t
         overlap = _inside_fraction(aff, fp, mp)
         report["affine"] = {"matrix": aff.matrix.tolist(), "center_mm": aff.center.tolist(),

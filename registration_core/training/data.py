@@ -117,7 +117,7 @@ def build_sample(fixed: sitk.Image, moving: sitk.Image, *, displacement: sitk.Im
 
     ``displacement``: exact total field (fixed grid, mm, fixed p <-> moving p + d(p)) or None (no field target).
     ``affine``: "engine" (default) runs the engine's own affine stage
-    (:func:`registration_core.affine.optimise_affine` with :class:`RegistrationConfig` defaults), so the network
+    (:func:`registration_core.engine.affine_stage` with :class:`RegistrationConfig` defaults), so the network
     trains on exactly the residual it meets at inference; "truth" uses the least-squares affine of the exact
     correspondences plus a random error of up to ``affine_error`` = (max rotation deg, max shift mm). Pairs
     without a field always use the engine's affine. ``lut``: label id -> region id table for both label maps.
@@ -175,14 +175,11 @@ def engine_affine(fixed: sitk.Image, moving: sitk.Image) -> tuple[np.ndarray, np
     """The engine's affine stage with default settings (CPU): fixed point x (LPS mm) -> moving point M x + b."""
     import torch
 
-    from ..affine import optimise_affine
     from ..config import RegistrationConfig
+    from ..engine import affine_stage, prepare_pair
 
     cfg = RegistrationConfig()
-    fp = Prepared(fixed, "fixed (current) image", 4.0, cfg.body_threshold_hu, cfg.body_margin_mm)
-    mp = Prepared(moving, "moving (prior) image", 4.0, cfg.body_threshold_hu, cfg.body_margin_mm)
-    aff = optimise_affine(fp, mp, cfg.affine_spacings, cfg.affine_iterations, cfg.hu_window, torch.device("cpu"),
-                          cfg.rotation_starts_deg, rigidity=cfg.affine_rigidity)
+    aff = affine_stage(*prepare_pair(fixed, moving, cfg), cfg, torch.device("cpu"))
     return aff.matrix, aff.center + aff.translation - aff.matrix @ aff.center
 
 
