@@ -48,10 +48,27 @@ class NodeSettings(_Strict):
     data_dir: Path = Path("./var")
     database: str | None = None  # default: sqlite:///<data_dir>/node.db
     allowed_callers: list[str] = Field(default_factory=list)  # empty: any calling AE title is accepted
-    max_associations: int = Field(16, ge=1, le=256)
-    acse_timeout_s: float = 30.0
+    # IP addresses or networks (CIDR, e.g. 10.1.0.0/16) that may connect at all; empty: any. Checked at accept,
+    # before a byte is read; allowed_callers is checked from the first 74 bytes of the A-ASSOCIATE-RQ.
+    allowed_addresses: list[str] = Field(default_factory=list)
+    max_associations: int = Field(16, ge=1, le=256)  # per receiver process
+    # open connections one IP address may hold per receiver process (at most max_associations): below
+    # max_associations, one stranger cannot take every slot
+    max_associations_per_address: int = Field(8, ge=1, le=256)
+    # ARTIM: an accepted connection must deliver its whole A-ASSOCIATE-RQ within this many seconds of connecting
+    # (counted from the accept, so a half-open or idle connection is closed after it)
+    acse_timeout_s: float = Field(30.0, gt=0)
     dimse_timeout_s: float = 60.0
-    network_timeout_s: float = 60.0
+    network_timeout_s: float = Field(60.0, gt=0)  # also: the longest a PDU may stall mid-way
+    # largest PDU a peer may send (announced as the association's maximum length; a longer P-DATA PDU is refused
+    # from its header, before any of it is buffered)
+    max_pdu_bytes: int = Field(4 * 1024 * 1024, ge=16 * 1024, le=2 ** 31 - 1)
+    # largest data set of one C-STORE, as received and, for Deflated Explicit VR Little Endian, once inflated
+    # (answered 0xA700 beyond it); 2 GiB holds the largest enhanced multi-frame objects
+    max_dataset_bytes: int = Field(2 * 1024 ** 3, ge=1024 * 1024)
+    # a deflated data set may inflate to at most this many times its size on the wire (and never beyond
+    # max_dataset_bytes); inflated sizes below 64 MiB are always allowed.  Refuses deflate bombs (0xA700).
+    max_inflation_ratio: float = Field(100.0, ge=1.0)
     fsync: bool = True
     min_free_disk_mb: int = Field(512, ge=0)  # below this the listener answers C-STORE with 0xA700 (out of resources)
     tls: TlsSettings | None = None
@@ -66,6 +83,18 @@ class NodeSettings(_Strict):
     def _receiver_processes(cls, v):
         if v != "auto" and not (1 <= v <= 64):
             raise ValueError("receiver_processes is 'auto' or a number from 1 to 64")
+        return v
+
+    @field_validator("allowed_addresses")
+    @classmethod
+    def _allowed_addresses(cls, v: list[str]) -> list[str]:
+        import ipaddress
+        for a in v:
+            try:
+                ipaddress.ip_network(a, strict=False)
+            except ValueError:
+                raise ValueError(f"'{a}' is not an IP address or network (e.g. 192.168.1.20 or 10.1.0.0/16)") \
+                    from None
         return v
 
     @field_validator("ae_title")

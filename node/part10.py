@@ -65,19 +65,118 @@ def _stop_at_pixels(tag, vr, length) -> bool:
     return tag in _PIXEL_TAGS
 
 
-def read_header(fp: BinaryIO, transfer_syntax_uid: str, decode_keywords: tuple[str, ...] = ()) -> Dataset:
+class DatasetTooLarge(ValueError):
+    """A data set beyond the receiver's size limits (``node.max_dataset_bytes``, the inflation limit): the C-STORE
+    is answered 0xA700 (out of resources), not 0xC210."""
+
+
+INFLATE_FLOOR = 64 * 1024 * 1024  # inflated sizes up to this are never refused for their inflation ratio
+
+
+def inflated_limit(wire_bytes: int, max_dataset_bytes: int, max_ratio: float) -> int:
+    """Most bytes a deflated data set of ``wire_bytes`` may inflate to: ``max_ratio`` times its size (at least
+    :data:`INFLATE_FLOOR`), and never more than ``max_dataset_bytes``."""
+    return int(min(max_dataset_bytes, max(INFLATE_FLOOR, max_ratio * wire_bytes)))
+
+
+class Inflater:
+    """A read-only file over a raw deflate stream (Deflated Explicit VR Little Endian), inflated on demand with
+    ``zlib.decompressobj(...).decompress(data, max_length)`` in chunks of at most 1 MiB.
+
+    What is read is kept (the header up to the pixel data: pydicom seeks back over an element header), so memory
+    is what was parsed plus one chunk; :meth:`drain` inflates the rest without keeping it.  More than ``limit``
+    inflated bytes raise :class:`DatasetTooLarge` at once; a stream that does not end raises ValueError."""
+
+    CHUNK = 1 << 20
+
+    def __init__(self, src: BinaryIO, limit: int | None = None):
+        self._src = src
+        self._d = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._buf = bytearray()
+        self._pos = 0
+        self.limit = limit
+        self.total = 0  # inflated bytes so far
+        self._wire = 0  # compressed bytes read so far
+
+    def _inflate(self, max_len: int) -> bytes:
+        """Up to ``max_len`` more inflated bytes (b'' at the end of the stream or of the input)."""
+        while not self._d.eof:
+            data = self._d.unconsumed_tail or self._src.read(self.CHUNK)
+            if not data:
+                return b""
+            if data is not self._d.unconsumed_tail:
+                self._wire += len(data)
+            out = self._d.decompress(data, max_len)
+            if out:
+                self.total += len(out)
+                if self.limit is not None and self.total > self.limit:
+                    raise DatasetTooLarge(
+                        f"the deflated data set inflates to more than {self.limit} bytes (from {self._wire} or "
+                        f"more bytes received): refused as a deflate bomb (limits: node.max_inflation_ratio, "
+                        f"node.max_dataset_bytes)")
+                return out
+        return b""
+
+    def _fill(self, end: int) -> None:
+        while len(self._buf) < end:
+            out = self._inflate(min(self.CHUNK, end - len(self._buf)))
+            if not out:
+                return
+            self._buf += out
+
+    def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes from the current position (all that is left when ``n`` < 0)."""
+        if n is None or n < 0:
+            end = (self.limit + 1) if self.limit is not None else 1 << 62
+        else:
+            end = self._pos + n
+        self._fill(end)
+        out = bytes(self._buf[self._pos:end])
+        self._pos += len(out)
+        return out
+
+    def tell(self) -> int:
+        """The current position in the inflated data set."""
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        """Move within the inflated data set (whence 0, 1; 2 inflates everything first)."""
+        if whence == 2:
+            self._fill(1 << 62 if self.limit is None else self.limit + 1)
+            base = len(self._buf)
+        else:
+            base = 0 if whence == 0 else self._pos
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def drain(self) -> int:
+        """Inflate the rest of the stream (not kept) and return the inflated size of the whole data set."""
+        while self._inflate(self.CHUNK):
+            pass
+        if not self._d.eof:
+            raise ValueError("the deflated data set is cut short (its deflate stream does not end)")
+        return self.total
+
+
+def read_header(fp: BinaryIO, transfer_syntax_uid: str, decode_keywords: tuple[str, ...] = (), *,
+                max_inflated_bytes: int | None = None) -> Dataset:
     """Parse a C-STORE data set (no preamble, no file meta) from ``fp``'s current position up to the pixel data.
 
     ``fp`` is read, not copied (pass the request's ``BytesIO``).  Every sequence is parsed (a malformed item
     structure raises here) and each keyword in ``decode_keywords`` is decoded to its value (a malformed value
     raises here); other elements stay raw until used.  Raises ValueError (or pydicom's errors) for bytes that
-    are not a data set in ``transfer_syntax_uid``."""
+    are not a data set in ``transfer_syntax_uid``.  A deflated data set is inflated as it is parsed and then to
+    its end without keeping it (:class:`Inflater`): more than ``max_inflated_bytes`` raises
+    :class:`DatasetTooLarge`, an incomplete deflate stream ValueError."""
     ts = UID(transfer_syntax_uid)
     if not ts.is_transfer_syntax:
         raise ValueError(f"unknown transfer syntax {transfer_syntax_uid}")
-    if ts.is_deflated:
-        fp = BytesIO(zlib.decompress(fp.read(), -zlib.MAX_WBITS))
+    inflater = None
+    if ts.is_deflated:  # inflated as it is parsed, never more than max_inflated_bytes (a deflate bomb raises)
+        fp = inflater = Inflater(fp, max_inflated_bytes)
     ds = read_dataset(fp, ts.is_implicit_VR, ts.is_little_endian, stop_when=_stop_at_pixels)
+    if inflater is not None:
+        inflater.drain()  # the rest (pixel data) inflated and counted, not kept: the whole size is checked
     ds.set_original_encoding(ts.is_implicit_VR, ts.is_little_endian, ds._character_set)
     return check_header(ds, decode_keywords)
 

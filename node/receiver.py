@@ -29,6 +29,7 @@ from pathlib import Path
 import socket
 import ssl
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 
@@ -38,10 +39,10 @@ from pynetdicom import (ALL_TRANSFER_SYNTAXES, AE, PYNETDICOM_IMPLEMENTATION_UID
 from pynetdicom.sop_class import Verification
 from pynetdicom.utils import make_target
 
-from . import reactor_wakeup
+from . import _peer_guard, reactor_wakeup
 from .db import Database
 from .index import INDEXED_KEYWORDS, IndexWriter, record_instance
-from .part10 import PREAMBLE, check_header, file_meta_bytes, is_complete, read_header
+from .part10 import PREAMBLE, DatasetTooLarge, check_header, file_meta_bytes, inflated_limit, is_complete, read_header
 from .shared_listener import ReceiverLoad, SharedListenerServer
 from .spool import Spool, SpoolFullError, fsync_dir
 
@@ -96,6 +97,8 @@ class Receiver:
         self._lock = threading.Lock()
         self.writer: IndexWriter | None = None
         self.index_db: Database | None = None
+        self.guard = _peer_guard.Guard.from_settings(cfg.node)  # limits against broken and hostile peers
+        self._busy: dict[int, int] = {}  # id(association) -> C-STORE handlers running on it (shutdown drains them)
 
     def make_ae(self) -> AE:
         """The configured application entity (contexts, timeouts, allow-list)."""
@@ -106,7 +109,8 @@ class Receiver:
         ae.dimse_timeout = n.dimse_timeout_s
         ae.network_timeout = n.network_timeout_s
         ae.require_calling_aet = list(n.allowed_callers)
-        ae.maximum_pdu_size = 0  # no limit: fewer, larger P-DATA PDUs from the sender
+        # what the node announces as the largest PDU it takes; a longer one is refused from its header
+        ae.maximum_pdu_size = n.max_pdu_bytes
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
@@ -116,6 +120,10 @@ class Receiver:
         """Start listening on node.host:node.port (non-blocking)."""
         n = self.cfg.node
         reactor_wakeup.install()  # pynetdicom's reactors wait for events instead of polling every 1 ms
+        if not _peer_guard.install():  # timeouts from the first byte, PDU / data set limits (node._peer_guard)
+            raise RuntimeError("the DICOM listener cannot apply its limits against hostile peers with this "
+                               "pynetdicom version (pyproject.toml pins pynetdicom 3.0.x)")
+        self.guard.closing.clear()
         ae = self.make_ae()
         handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_C_ECHO, lambda e: STATUS_OK),
                     (evt.EVT_CONN_OPEN, set_tcp_nodelay)]
@@ -132,12 +140,13 @@ class Receiver:
             handlers.append((evt.EVT_CONN_CLOSE, lambda e: server.connection_closed()))
             server = ae.make_server((n.host, n.port), evt_handlers=handlers, ssl_context=ctx,
                                     server_class=SharedListenerServer, listen_socket=self.listen_socket,
-                                    load=self.load)
-            threading.Thread(target=make_target(server.serve_forever), name="AcceptorServer", daemon=True).start()
-            ae._servers.append(server)
-            self.server = server
-        else:
-            self.server = ae.start_server((n.host, n.port), block=False, evt_handlers=handlers, ssl_context=ctx)
+                                    load=self.load, guard=self.guard)
+        else:  # what AE.start_server(block=False) does, with the guarded server class
+            server = ae.make_server((n.host, n.port), evt_handlers=handlers, ssl_context=ctx,
+                                    server_class=_peer_guard.GuardedServer, guard=self.guard)
+        threading.Thread(target=make_target(server.serve_forever), name="AcceptorServer", daemon=True).start()
+        ae._servers.append(server)
+        self.server = server
         if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
             # pynetdicom's standard handlers format a log line per PDU and DIMSE message even when it is dropped
             from pynetdicom import _handlers
@@ -151,11 +160,22 @@ class Receiver:
                     pass
         log.info("DICOM listener %s on %s:%d%s", n.ae_title, n.host, n.port, " (TLS)" if ctx else "")
 
-    def stop(self) -> None:
-        """Stop listening and close open associations."""
-        if self.server is not None:
-            self.server.shutdown()
-            self.server = None
+    def stop(self, drain_s: float = 3.0) -> None:
+        """Stop in seconds: stop accepting, answer new C-STOREs 0xA700, abort half-open and idle associations at
+        once, let C-STORE handlers already running finish (at most ``drain_s``), abort the rest, then index what
+        is queued and stop the index writer.  Whatever was acknowledged is on disk and indexed."""
+        server, self.server = self.server, None
+        if server is not None:
+            self.guard.closing.set()
+            t0 = time.monotonic()
+            stopper = threading.Thread(target=server.shutdown, name="AcceptorServer-stop", daemon=True)
+            stopper.start()  # the accept loop ends within its poll interval; meanwhile the connections end
+            counts = server.abort_all(in_handler=lambda a: self._busy.get(id(a), 0) > 0, drain_s=drain_s)
+            stopper.join(5.0)
+            if counts["connections"]:
+                log.info("DICOM listener stopped in %.1f s: %d connection(s) ended (%d still storing after %.0f s, "
+                         "%d reactor(s) left)", time.monotonic() - t0, counts["connections"],
+                         counts["waited_for_handlers"], drain_s, counts["threads_left"])
         if self.writer is not None:
             self.writer.stop()
             self.writer = None
@@ -176,6 +196,27 @@ class Receiver:
                 return str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
             except Exception:  # noqa: BLE001
                 return ""
+        key = id(event.assoc)
+        with self._lock:
+            self._busy[key] = self._busy.get(key, 0) + 1
+        try:
+            return self._handle_store(event, calling, req_uid)
+        finally:
+            with self._lock:
+                left = self._busy.pop(key, 1) - 1
+                if left > 0:
+                    self._busy[key] = left
+
+    def _handle_store(self, event, calling: str, req_uid) -> int:
+        """The work of :meth:`handle_store` (which counts the handlers running, for :meth:`stop`)."""
+        refused = _peer_guard.refused_reason(getattr(event.request, "DataSet", None))
+        if refused:  # dropped as it arrived (node.max_dataset_bytes): logged then, answered now
+            return STATUS_OUT_OF_RESOURCES
+        if self.guard.closing.is_set():
+            log.warning("C-STORE %s from %s not accepted (0xA700): the listener is stopping; send it again later",
+                        req_uid(), calling)
+            return STATUS_OUT_OF_RESOURCES
+        n = self.cfg.node
         try:
             req = event.request
             dataset = req.DataSet
@@ -188,7 +229,9 @@ class Receiver:
             log.warning("C-STORE %s from %s: cannot read the dataset (%s)", req_uid(), calling, exc)
             return STATUS_CANNOT_UNDERSTAND
         status, message = ingest_dataset(self.db, self.spool, meta, dataset, ts, calling_ae=calling,
-                                         late_policy=self.cfg.completion.late_instances, writer=self.writer)
+                                         late_policy=self.cfg.completion.late_instances, writer=self.writer,
+                                         max_dataset_bytes=n.max_dataset_bytes,
+                                         max_inflation_ratio=n.max_inflation_ratio)
         if status != STATUS_OK:
             log.warning("C-STORE %s from %s not accepted (0x%04X): %s", req_uid(), calling, status, message)
             return status
@@ -241,15 +284,26 @@ def ingest(db: Database, spool: Spool, data: bytes, *, calling_ae: str, late_pol
 
 
 def ingest_dataset(db: Database, spool: Spool, meta: bytes, dataset: BytesIO, transfer_syntax: str, *,
-                   calling_ae: str, late_policy: str = "follow_up",
-                   writer: IndexWriter | None = None) -> tuple[int, str]:
+                   calling_ae: str, late_policy: str = "follow_up", writer: IndexWriter | None = None,
+                   max_dataset_bytes: int | None = None, max_inflation_ratio: float = 100.0) -> tuple[int, str]:
     """Like :func:`ingest` for a C-STORE's data set as received: ``meta`` is the preamble + File Meta
     Information (:func:`node.part10.file_meta_bytes`), ``dataset`` the request's data set stream in
-    ``transfer_syntax``.  The file is ``meta`` followed by the data set's bytes, neither copied nor re-encoded."""
+    ``transfer_syntax``.  The file is ``meta`` followed by the data set's bytes, neither copied nor re-encoded.
+    A data set over ``max_dataset_bytes``, or a deflated one inflating beyond
+    :func:`node.part10.inflated_limit`, is answered 0xA700 and nothing is written."""
+    buf = dataset.getbuffer()
+    limit = None
+    if max_dataset_bytes is not None:
+        size = len(buf)
+        if size > max_dataset_bytes:
+            buf.release()
+            return STATUS_OUT_OF_RESOURCES, (f"the data set is {size} bytes, more than {max_dataset_bytes} "
+                                             "(node.max_dataset_bytes)")
+        limit = inflated_limit(size, max_dataset_bytes, max_inflation_ratio)
+
     def header():
         dataset.seek(0)
-        return read_header(dataset, transfer_syntax, INDEXED_KEYWORDS), transfer_syntax
-    buf = dataset.getbuffer()
+        return read_header(dataset, transfer_syntax, INDEXED_KEYWORDS, max_inflated_bytes=limit), transfer_syntax
     try:
         return _ingest(db, spool, [meta, buf], header, calling_ae, late_policy, writer)
     finally:
@@ -277,6 +331,8 @@ def _store(db, spool, parts, header, calling_ae, late_policy, writer, announced)
         ds, ts = header()
         ids = {k: str(ds.get(k, "") or "").strip() for k in ("StudyInstanceUID", "SeriesInstanceUID",
                                                               "SOPInstanceUID")}
+    except DatasetTooLarge as exc:  # a deflate bomb: refused for its size, not as undecodable
+        return STATUS_OUT_OF_RESOURCES, str(exc)
     except Exception as exc:  # noqa: BLE001 - anything undecodable is 'cannot understand'
         text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         return STATUS_CANNOT_UNDERSTAND, f"the dataset cannot be decoded ({text})"

@@ -64,6 +64,7 @@ class ReceiverChildren:
         self._ready = threading.Event()
         self._error: str | None = None
         self._thread: threading.Thread | None = None
+        self._stop_timeout = 10.0
 
     # ------------------------------------------------------------------ node process API
     def start(self) -> None:
@@ -84,10 +85,21 @@ class ReceiverChildren:
         """Process ids of the children (for health reports and tests)."""
         return [p.pid for p in self.procs]
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM every child (each closes its listener and associations, flushes its writer), SIGKILL after
-        ``timeout`` s."""
+    def signal_stop(self) -> None:
+        """SIGTERM every child now, without waiting (the node stops all its receivers at the same moment)."""
         self._stop.set()
+        for p in list(self.procs):
+            if p.poll() is None:
+                try:
+                    p.send_signal(signal.SIGTERM)
+                except OSError:
+                    pass
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM every child (each aborts its associations, drains its C-STORE handlers and flushes its writer
+        within seconds), SIGKILL after ``timeout`` s."""
+        self._stop_timeout = timeout
+        self.signal_stop()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=timeout + 5)
         self._terminate(timeout)
@@ -146,7 +158,7 @@ class ReceiverChildren:
                         log.error("%s", err)
                 except OSError as exc:
                     log.error("cannot start a DICOM receiver process: %s", exc)
-        self._terminate(30.0)
+        self._terminate(self._stop_timeout)
 
     def _terminate(self, timeout: float) -> None:
         for p in self.procs:

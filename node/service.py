@@ -17,7 +17,7 @@ from .jobs import release_owned, requeue_orphans, worker_name
 from .processor import Worker
 from .receiver import Receiver, reindex_spool
 from .receiver_child import ReceiverChildren, receiver_process_count
-from .shared_listener import ReceiverLoad, bind_listener
+from .shared_listener import ReceiverLoad, bind_listener, stop_accepting
 from .spool import Spool
 
 log = logging.getLogger(__name__)
@@ -155,10 +155,17 @@ class NodeService:
     def stop(self, timeout: float = 30.0) -> None:
         """Stop listening, let running jobs and sends finish (up to ``timeout`` s each), close the database."""
         self.stop_event.set()
+        # every receiver process stops at the same moment: nobody accepts any more (the shared socket is shut
+        # down for all), the children get SIGTERM now and this process's receiver stops meanwhile; each aborts its
+        # associations, drains its running C-STOREs and flushes its index writer within seconds
+        if self._listen is not None:
+            stop_accepting(self._listen)
         if self.receiver_children is not None:
-            self.receiver_children.stop(timeout=timeout)
+            self.receiver_children.signal_stop()
         if self.receiver is not None:
             self.receiver.stop()
+        if self.receiver_children is not None:
+            self.receiver_children.stop(timeout=min(timeout, 8.0))
         self._close_listener()
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True

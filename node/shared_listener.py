@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pynetdicom.transport import ThreadedAssociationServer
+from ._peer_guard import GuardedServer
 
 DEFER_S = 0.05  # longest a busier process leaves a pending connection to a less busy one
 SLOTS = 64
@@ -111,9 +111,20 @@ def bind_listener(host: str, port: int, backlog: int = 64) -> socket.socket:
     return sock
 
 
-class SharedListenerServer(ThreadedAssociationServer):
-    """pynetdicom's threaded association server on an inherited, already listening socket, accepting a
-    connection only when this process is the least busy receiver (see the module docstring)."""
+def stop_accepting(sock: socket.socket) -> None:
+    """Stop every receiver process from accepting on the shared socket at once (node shutdown): ``shutdown()``
+    acts on the socket itself, which all of them share, where ``close()`` only drops one descriptor.  Pending
+    connections are reset; new ones are refused by the kernel."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+class SharedListenerServer(GuardedServer):
+    """The listener's guarded association server (:class:`node._peer_guard.GuardedServer`) on an inherited, already
+    listening socket, accepting a connection only when this process is the least busy receiver (see the module
+    docstring)."""
 
     def __init__(self, *args, listen_socket: socket.socket, load: ReceiverLoad | None, **kwargs):
         self._shared_socket = listen_socket
