@@ -3,6 +3,8 @@
     python3 bench/faults/run.py                 # the full (slow) suites: -m slow tests/robustness
     python3 bench/faults/run.py --ci            # the CI subset instead (default marker selection)
     python3 bench/faults/run.py --render-only   # re-write RESULTS.md from the last figures
+    python3 bench/faults/run.py --section "Hostile peers" -- tests/robustness/test_hostile_peers.py \
+        -m "slow or not slow"                   # run only those tests; replace only that section of RESULTS.md
 
 Each suite writes its figures as JSON into ``--out`` (``$TOTALREG_FAULTS_OUT``, default ``bench/out/faults``);
 pytest's JUnit XML gives every test's outcome and wall time.  RESULTS.md gets the command, the date, the
@@ -14,6 +16,7 @@ import argparse
 import datetime as _dt
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -24,18 +27,18 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
-def run_pytest(out: Path, ci: bool, extra: list[str]) -> tuple[int, float, str]:
-    """Run the robustness suites; (exit code, wall seconds, command line)."""
+def run_pytest(out: Path, ci: bool, extra: list[str], paths: list[str] | None = None) -> tuple[int, float, str]:
+    """Run the robustness suites (or ``paths``); (exit code, wall seconds, command line)."""
     out.mkdir(parents=True, exist_ok=True)
     for old in [*out.glob("*.json"), *out.glob("junit*.xml")]:
         old.unlink()
-    cmd = [sys.executable, "-m", "pytest", "tests/robustness", "-q", "-p", "no:cacheprovider",
-           f"--junitxml={out / 'junit.xml'}", *([] if ci else ["-m", "slow"]), *extra]
+    cmd = [sys.executable, "-m", "pytest", *(paths or ["tests/robustness"]), "-q", "-p", "no:cacheprovider",
+           f"--junitxml={out / 'junit.xml'}", *([] if ci or "-m" in extra else ["-m", "slow"]), *extra]
     env = dict(os.environ, TOTALREG_FAULTS_OUT=str(out))
     t0 = time.monotonic()
     with open(out / "pytest.log", "w") as log:
         rc = subprocess.call(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    shown = " ".join(["TOTALREG_FAULTS_OUT=" + os.path.relpath(out, ROOT), "python3", *cmd[1:]])
+    shown = " ".join(["TOTALREG_FAULTS_OUT=" + os.path.relpath(out, ROOT), "python3", shlex.join(cmd[1:])])
     return rc, time.monotonic() - t0, shown
 
 
@@ -147,12 +150,96 @@ def render(out: Path, header: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+SECTION_MARK = "<!-- section written by bench/faults/run.py --section; kept by full runs -->"
+
+
+def _sections(text: str) -> dict[str, str]:
+    """The ``--section`` parts of a RESULTS.md text: name -> Markdown (from its mark to the next mark or end)."""
+    out = {}
+    for part in text.split(SECTION_MARK)[1:]:
+        body = SECTION_MARK + part.rstrip("\n") + "\n"
+        name = next((ln[3:].strip() for ln in part.splitlines() if ln.startswith("## ")), "")
+        if name:
+            out[name] = body
+    return out
+
+
+def _section_summary(out: Path) -> list[str]:
+    """Summary lines of the hostile-peer figures (whichever exist)."""
+    def load(name):
+        p = out / f"{name}.json"
+        return json.loads(p.read_text()) if p.exists() else None
+    lines = []
+    f = load("hostile_lockout_ci")
+    if f:
+        lines.append(f"- **lock-out**: {f['stranger_connections']} half-open + idle connections from a stranger "
+                     f"(max_associations {f['max_associations']}, {f['per_address_limit']} per address): "
+                     f"{f['stranger_closed_at_once']} refused at accept, the allowed caller's C-ECHO succeeded after "
+                     f"{f['echo_ok_after_s']} s (bound: acse_timeout_s {f['acse_timeout_s']:g} + 5 s).")
+    f = load("hostile_artim_ci")
+    if f:
+        lines.append(f"- **ARTIM alone** (stranger on the caller's address, no per-address help): {f['half_open']} "
+                     f"half-open connections all closed within {f['all_closed_within_s']} s (acse_timeout_s "
+                     f"{f['acse_timeout_s']:g}); C-ECHO succeeded after {f['echo_ok_after_s']} s.")
+    f = load("hostile_idle200_full")
+    if f:
+        lines.append(f"- **200 idle connections re-opened for 30 s** ({f['stranger_connections_opened']} opened): "
+                     f"{f['echoes_ok']}/{f['echoes']} C-ECHOs succeeded, slowest {f['echo_max_s']} s.")
+    for name in ("hostile_deflate_bomb_ci",):
+        f = load(name)
+        if f:
+            lines.append(f"- **deflate bomb** {f['wire_bytes'] / 1e6:.2f} MB -> "
+                         f"{f['inflated_bytes'] / 2**20:.0f} MiB: answered {f['status']}, receiver RSS "
+                         f"{f['rss_before_mib']} -> peak {f['rss_peak_mib']} MiB "
+                         f"(+{f['rss_rise_mib']} MiB).")
+    f = load("hostile_pdu_2gib_ci")
+    if f:
+        lines.append(f"- **PDU announcing 2^31 bytes** (before and after association, "
+                     f"{f['pushed_bytes'] / 2**20:.0f} MiB pushed): refused from the header, receiver RSS "
+                     f"+{f['rss_rise_mib']} MiB.")
+    f = load("hostile_memory_full")
+    if f:
+        b, p = f["bomb"], f["pdu"]
+        lines.append(f"- **full memory cases**: bomb {b['wire_bytes'] / 1e6:.2f} MB -> "
+                     f"{b['inflated_bytes'] / 2**20:.0f} MiB answered {b['status']} (RSS +{b['rss_rise_mib']} "
+                     f"MiB); 2^31-byte PDU with "
+                     f"{p['pushed_bytes'] / 2**20:.0f} MiB pushed: RSS +{p['rss_rise_mib']} MiB.")
+    f = load("hostile_sigterm_ci")
+    if f:
+        lines.append(f"- **SIGTERM** (2 receiver processes; idle + half-open + stalled-PDU + 2 streaming "
+                     f"associations): exit after {f['exit_s']} s (code {f['exit_code']}), last 0x0000 at "
+                     f"{f['last_0x0000_after_sigterm_s']} s, new connections refused {f['new_connections_refused']}/4, "
+                     f"{f['acked_before_exit']} acknowledged instances all indexed after restart.")
+    return lines or ["(no figures)"]
+
+
+def render_section(name: str, out: Path, header: dict) -> str:
+    """The Markdown of one ``--section`` run (its own command, summary, tests and figures)."""
+    lines = [SECTION_MARK, f"## {name}", ""]
+    for k, v in header.items():
+        lines.append(f"- **{k}**: {v}")
+    lines += ["", "### Summary", ""] + _section_summary(out)
+    lines += ["", "### Tests", "", "| test | outcome | wall s | note |", "|---|---|---:|---|"]
+    for test, outcome, secs, why in _tests(out):
+        lines.append(f"| `{test}` | {outcome} | {secs:.1f} | {why.replace('|', '/')} |")
+    lines += ["", "### Figures", ""]
+    for f in sorted(p for p in out.glob("*.json") if p.name != "header.json"):
+        data = json.loads(f.read_text())
+        lines += [f"#### {f.stem}", "", "| figure | value |", "|---|---|"]
+        for k, v in sorted(data.items()):
+            lines.append(f"| {k} | {_fmt(v)} |")
+        lines.append("")
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ci", action="store_true", help="run the CI subset instead of the full (slow) suites")
     ap.add_argument("--out", default=os.environ.get("TOTALREG_FAULTS_OUT", str(ROOT / "bench/out/faults")))
     ap.add_argument("--render-only", action="store_true", help="only re-write RESULTS.md from --out")
     ap.add_argument("--results", default=str(RESULTS), help="where to write the Markdown")
+    ap.add_argument("--section", default=None,
+                    help="run only the tests named in pytest_args and replace only the section of this name")
     ap.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     a = ap.parse_args(argv)
     out = Path(a.out).resolve()
@@ -160,6 +247,24 @@ def main(argv=None) -> int:
               "machine": f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end "
                          "(shared with other work)"}
     rc = 0
+    results = Path(a.results)
+    old = results.read_text() if results.exists() else ""
+    if a.section:
+        out = out / a.section.lower().replace(" ", "_")
+        paths = [x for x in a.pytest_args if not x.startswith("-") and Path(x).exists()]
+        extra = [x for x in a.pytest_args if x not in paths]
+        if not a.render_only:
+            rc, wall, cmd = run_pytest(out, a.ci, extra, paths=paths or None)
+            header = {"command": f"`{cmd}`", "exit code": rc, "wall time": f"{wall / 60:.1f} min", **header}
+            (out / "header.json").write_text(json.dumps(header))
+        elif (out / "header.json").exists():
+            header = json.loads((out / "header.json").read_text())
+        sections = _sections(old)
+        main_part = old.split(SECTION_MARK)[0].rstrip("\n") + "\n" if old else ""
+        sections[a.section] = render_section(a.section, out, header)
+        results.write_text(main_part + "".join("\n" + v for v in sections.values()))
+        print(f"wrote section '{a.section}' of {a.results} (pytest exit code {rc}; log {out / 'pytest.log'})")
+        return rc
     saved = out / "header.json"
     if not a.render_only:
         rc, wall, cmd = run_pytest(out, a.ci, a.pytest_args)
@@ -167,7 +272,8 @@ def main(argv=None) -> int:
         saved.write_text(json.dumps(header))
     elif saved.exists():  # keep what the run recorded
         header = json.loads(saved.read_text())
-    Path(a.results).write_text(render(out, header))
+    kept = _sections(old)  # sections written by --section runs stay
+    results.write_text(render(out, header) + "".join("\n" + v for v in kept.values()))
     print(f"wrote {a.results} (pytest exit code {rc}; log {out / 'pytest.log'})")
     return rc
 

@@ -290,8 +290,9 @@ def _deflate_bomb(folder: Path, inflated_mib: int) -> tuple[Path, int]:
 def node1(tmp_path_factory):
     """`totalreg serve` with one receiver process (its RSS is the receiver's)."""
     tmp = tmp_path_factory.mktemp("hostile-node")
+    # network_timeout_s 60: pynetdicom inflates a deflated file once in the sender before it sends it raw
     cfg, path = nodefx.write_node_config(tmp, node={"receiver_processes": 1, "acse_timeout_s": 5,
-                                                    "network_timeout_s": 10},
+                                                    "network_timeout_s": 60},
                                          jobs={"workers": 0})
     node = nodefx.start_node(path)
     yield node
