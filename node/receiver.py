@@ -11,6 +11,13 @@ indexed in the database.  Otherwise the sender gets a failure status and may re-
 Instances retrieved by the node's own C-MOVE/C-GET arrive here as C-STORE too.  Calling AE titles may be limited
 (``node.allowed_callers``: other callers' associations are rejected); DICOM TLS when ``node.tls`` is set.
 
+Broken and hostile peers (:mod:`node._peer_guard`): an accepted connection must deliver its A-ASSOCIATE-RQ within
+``node.acse_timeout_s`` of connecting; one address holds at most ``node.max_associations_per_address`` connections;
+``node.allowed_addresses`` is applied at accept and ``node.allowed_callers`` from the RQ's first 74 bytes; a PDU over
+``node.max_pdu_bytes`` is refused from its header; a data set over ``node.max_dataset_bytes`` (or a deflated one
+inflating beyond :func:`node.part10.inflated_limit`) is answered 0xA700 without being kept.  :meth:`Receiver.stop`
+aborts every association within seconds and drains the C-STOREs already running.
+
 Throughput (group commit): a C-STORE handler parses the header from the request's stream (:mod:`node.part10`),
 writes the file meta it encodes itself followed by the data set exactly as received (temp file, rename,
 ``fdatasync``; the SHA-256 is computed meanwhile) and hands the header to the receiver's

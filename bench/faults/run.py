@@ -178,8 +178,8 @@ def _section_summary(out: Path) -> list[str]:
                      f"{f['echo_ok_after_s']} s (bound: acse_timeout_s {f['acse_timeout_s']:g} + 5 s).")
     f = load("hostile_artim_ci")
     if f:
-        lines.append(f"- **ARTIM alone** (stranger on the caller's address, no per-address help): {f['half_open']} "
-                     f"half-open connections all closed within {f['all_closed_within_s']} s (acse_timeout_s "
+        lines.append(f"- **ARTIM alone** (stranger on the caller's address, no per-address help): {f['half_open_and_idle']} "
+                     f"half-open and idle connections all closed within {f['all_closed_within_s']} s (acse_timeout_s "
                      f"{f['acse_timeout_s']:g}); C-ECHO succeeded after {f['echo_ok_after_s']} s.")
     f = load("hostile_idle200_full")
     if f:

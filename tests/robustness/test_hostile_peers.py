@@ -191,9 +191,10 @@ def test_artim_closes_half_open_connections_from_the_callers_own_address(receive
     socks = []
     try:
         t0 = time.monotonic()
-        for _ in range(MAX_ASSOC):
+        for i in range(MAX_ASSOC):  # half of them half-open, half idle (no byte at all)
             s = connect(r.port, source="127.0.0.1")
-            s.sendall(assoc_rq()[:40])
+            if i % 2 == 0:
+                s.sendall(assoc_rq()[:40])
             socks.append(s)
         time.sleep(0.3)
         assert echoscu(r.port, timeout_s=2).returncode != 0, "expected the node to be full (setup)"
@@ -201,9 +202,9 @@ def test_artim_closes_half_open_connections_from_the_callers_own_address(receive
         assert t_ok is not None, "the allowed caller stayed locked out for acse_timeout_s + 5 s"
         closed = [closed_by_peer(s, max(0.1, ACSE_S + 1.5 - (time.monotonic() - t0))) for s in socks]
         total = time.monotonic() - t0
-        write_figures("hostile_artim_ci", {"half_open": MAX_ASSOC, "acse_timeout_s": ACSE_S,
+        write_figures("hostile_artim_ci", {"half_open_and_idle": MAX_ASSOC, "acse_timeout_s": ACSE_S,
                                            "echo_ok_after_s": round(t_ok, 2), "all_closed_within_s": round(total, 2)})
-        assert all(c is not None for c in closed), "a half-open connection outlived acse_timeout_s"
+        assert all(c is not None for c in closed), "a half-open or idle connection outlived acse_timeout_s"
     finally:
         for s in socks:
             s.close()
@@ -337,6 +338,21 @@ def test_deflate_bomb_is_refused_with_bounded_memory(node1, tmp_path):
         assert assoc.send_c_store(ds).Status == 0
     finally:
         assoc.release()
+
+
+def test_streamed_inflation_refuses_bombs_and_cut_streams_without_keeping_them(tmp_path):
+    from node.part10 import DatasetTooLarge, read_header
+    bomb, wire = _deflate_bomb(tmp_path, 256)
+    raw = bomb.read_bytes()
+    meta_end = 132 + 12 + struct.unpack("<L", raw[140:144])[0]  # preamble, DICM, group length element + group
+    body = raw[meta_end:]
+    from io import BytesIO
+    with pytest.raises(DatasetTooLarge, match="deflate bomb"):
+        read_header(BytesIO(body), DeflatedExplicitVRLittleEndian, max_inflated_bytes=64 * 1024 * 1024)
+    ds = read_header(BytesIO(body), DeflatedExplicitVRLittleEndian, max_inflated_bytes=300 * 1024 * 1024)
+    assert ds.NumberOfFrames == 256  # under the limit: parsed, the pixel data counted but never kept
+    with pytest.raises(ValueError, match="cut short"):
+        read_header(BytesIO(body[: len(body) // 2]), DeflatedExplicitVRLittleEndian, max_inflated_bytes=1 << 30)
 
 
 def _push(sock: socket.socket, total: int) -> int:
