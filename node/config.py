@@ -10,7 +10,6 @@ dry-run and the worker all validate them the same way.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -191,12 +190,17 @@ class RuleMatch(_Strict):
 
     @field_validator("StudyDescription", "SeriesDescription")
     @classmethod
-    def _regex(cls, v: str | None) -> str | None:
+    def _regex(cls, v: str | None, info: ValidationInfo) -> str | None:
+        """The pattern must suit RE2 (node.rule_patterns: linear time; no backreferences or lookaround)."""
+        from node.rule_patterns import PatternError, check_pattern
         if v is not None:
             try:
-                re.compile(v)
-            except re.error as exc:
-                raise ValueError(f"not a valid regular expression: {exc}") from None
+                check_pattern(v)
+            except PatternError as exc:
+                name = info.context.get("rule_name") if isinstance(info.context, dict) else None
+                rule = f"rule '{name}': " if name else ""
+                raise ValueError(f"{rule}{info.field_name} pattern {v!r} is not a usable regular expression: "
+                                 f"{exc}") from None
         return v
 
 
@@ -228,7 +232,7 @@ class RegistrationSettings(_Strict):
 class Rule(_Strict):
     """A routing rule: which studies, which prior, which outputs, where to send them."""
 
-    name: str
+    name: str = Field(max_length=128)  # jobs.rule_name holds 128 characters: a longer name is refused, never cut
     enabled: bool = True
     match: RuleMatch = Field(default_factory=RuleMatch)
     prior: PriorSpec = Field(default_factory=PriorSpec)
@@ -242,6 +246,14 @@ class Rule(_Strict):
         if not v:
             raise ValueError("at least one output")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_for_errors(cls, data: Any, info: ValidationInfo) -> Any:
+        """Let RuleMatch's pattern check name this rule (through the validation context, when there is one)."""
+        if isinstance(info.context, dict) and isinstance(data, dict):
+            info.context["rule_name"] = data.get("name")
+        return data
 
 
 class WebSettings(_Strict):
@@ -421,7 +433,7 @@ def parse_rules(text: str, source: str = "rules") -> list[Rule]:
     rules: list[Rule] = []
     for i, item in enumerate(data):
         try:
-            rules.append(Rule.model_validate(item))
+            rules.append(Rule.model_validate(item, context={}))
         except ValidationError as exc:
             msg = _format_errors(exc, root.value[i] if isinstance(root, yaml.SequenceNode) else None, source)
             errors.extend(line.replace("(", f"(rules[{i}].", 1) for line in msg.splitlines())

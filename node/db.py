@@ -8,7 +8,10 @@ Tables (all timestamps are naive UTC ``datetime``; sizes in bytes; durations in 
 * ``series``    one row per SeriesInstanceUID (header values used by routing and series selection).
 * ``instances`` one row per SOPInstanceUID: spool path, size, SHA-256, transfer syntax, calling AE, receive time.
   Duplicate policy: a re-sent instance with the same bytes changes nothing; one with different bytes replaces the
-  file atomically (newest wins, as a corrected re-send should) and ``versions`` counts the replacements.
+  file atomically (newest wins, as a corrected re-send should) and ``versions`` counts the replacements.  A re-send
+  naming another study or series, a Series UID under a second study and a study's instance of another patient are
+  refused (:class:`node.index.UidConflict`): rows are keyed by whole, valid UIDs (at most 64 characters, checked
+  before a row is written), so the 64-character columns never cut one.
 * ``jobs``      the work queue.  ``state``: ``queued`` (waiting; ``not_before`` delays a retry), ``running`` (held by
   ``lease_owner`` until ``lease_expires_at``, renewed by a heartbeat), and the terminal ``done`` (``outcome``:
   ``registered`` | ``no_prior`` | ``skipped``, with ``outcome_reason`` in plain words), ``failed`` (an error a

@@ -16,6 +16,12 @@ renames durable), then records the whole batch in ONE transaction (one WAL commi
 only then wakes the handlers, which answer 0x0000.  A batch of new instances of studies/series already
 receiving is written with :func:`record_new_instances` on a Core connection (pre-built statements: one guarded
 counter UPDATE per study and series, one multi-row INSERT; no ORM objects, no reads); anything else (new study, re-send, late instance) goes through :func:`record_instance` per instance.
+Identity (never two patients in one study): UIDs are stored whole (a UID that is not valid, e.g. over 64
+characters, is refused at the door: :func:`header_problem`), a SOP Instance UID stays in the study and series it
+was first stored in, a Series UID in its study, and a study with its patient (PatientID + IssuerOfPatientID); an
+instance that contradicts the index raises :class:`UidConflict` and is refused (the receiver answers 0xC213),
+never merged.
+
 So an acknowledged instance is always: file data fsynced, rename fsynced, index row committed — exactly the
 guarantee of the one-instance-per-transaction path, with the fsyncs and the commit shared by every association.  If the batch transaction fails, each of its instances is
 retried alone in its own transaction, so a bad instance fails only itself (0xA700, reason logged).  The queue is
@@ -26,6 +32,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import queue
+import re
 import threading
 import time
 from contextlib import nullcontext as _nullcontext
@@ -54,13 +61,88 @@ INDEXED_KEYWORDS = (
 )
 
 
-def _s(ds: Dataset, key: str, limit: int = 64) -> str:
+#: the UIDs that key the index (and the spool's folders); refused at the door unless valid (PS3.5 9.1)
+KEY_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+#: other UIDs the index keeps: checked when present
+OTHER_UIDS = ("SOPClassUID", "FrameOfReferenceUID")
+#: values that identify a patient: never cut to fit a column (two patients whose IDs differ only after the cut
+#: would become one), so a longer value is refused (LO: 64 characters)
+IDENTITY_LIMITS = {"PatientID": 64, "IssuerOfPatientID": 64}
+
+
+_VALID_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")  # pydicom.uid.RE_VALID_UID, without its '$'
+
+
+class UidConflict(RuntimeError):
+    """An instance contradicts what the index holds (its SOP Instance UID under another study or series, its Series
+    UID under another study, or its study under another patient): refused, never merged; the message says why."""
+
+
+def uid_problem(value: str) -> str | None:
+    """Why ``value`` is not a valid UID (PS3.5 9.1: at most 64 characters, digits and dots only, no empty
+    component, no leading zero in a component), or None when it is valid."""
+    if len(value) <= 64 and _VALID_UID.fullmatch(value):
+        return None
+    if not value:
+        return "it is empty"
+    if len(value) > 64:
+        return f"it is {len(value)} characters long, more than 64"
+    bad = sorted({c for c in value if c not in "0123456789."})
+    if bad:
+        return "it contains " + ", ".join(repr(c) for c in bad[:5]) + " (only digits and dots are allowed)"
+    for i, part in enumerate(value.split(".")):
+        if not part:
+            return f"component {i + 1} is empty"
+        if len(part) > 1 and part[0] == "0":
+            return f"component {i + 1} ({part}) has a leading zero"
+    return None
+
+
+def _raw(ds: Dataset, key: str) -> str:
     v = ds.get(key, "")
     if v is None:
         return ""
     if isinstance(v, (list, tuple)) or v.__class__.__name__ == "MultiValue":
         v = "\\".join(str(x) for x in v)
-    return str(v).strip()[:limit]
+    return str(v)
+
+
+def header_problem(ds: Dataset) -> str | None:
+    """Why the received header cannot be indexed as it is (a key UID that is not valid, another UID that is not
+    valid, a patient identifier too long for the index), naming the attribute and the value; None when fine.
+
+    The receiver refuses such an instance (0xC210) before it stores it: the index never cuts a UID or a patient
+    ID (cut values of two patients could become one)."""
+    for key in KEY_UIDS + OTHER_UIDS:
+        value = _raw(ds, key).strip()
+        if not value and key in OTHER_UIDS:
+            continue
+        why = uid_problem(value)
+        if why:
+            return f"{key} {value[:80]!r}{'...' if len(value) > 80 else ''} is not a valid UID: {why}"
+    for key, limit in IDENTITY_LIMITS.items():
+        value = _raw(ds, key).strip()
+        if len(value) > limit:
+            return (f"{key} is {len(value)} characters long, more than {limit}: refused rather than cut (two "
+                    "patients whose IDs differ after the cut would become one)")
+    return None
+
+
+def _s(ds: Dataset, key: str, limit: int = 64, cut: list | None = None) -> str:
+    """The value of ``key`` as stripped text, at most ``limit`` characters; a longer value is noted in ``cut``
+    (keyword, length, limit) so that the caller can say so (identity values never get here: header_problem)."""
+    v = _raw(ds, key).strip()
+    if len(v) > limit:
+        if cut is not None:
+            cut.append((key, len(v), limit))
+        return v[:limit]
+    return v
+
+
+def _log_cut(cut: list, what: str) -> None:
+    if cut:
+        log.warning("%s: %s longer than the index keeps; the index holds the first characters, the spool file the "
+                    "whole value", what, ", ".join(f"{k} ({n} characters, kept {lim})" for k, n, lim in cut))
 
 
 def parse_da(value) -> _dt.date | None:
@@ -98,6 +180,28 @@ class RecordResult:
 def existing_instance(session: Session, sop_uid: str) -> Instance | None:
     """The indexed instance with this SOPInstanceUID, if any."""
     return session.scalar(select(Instance).where(Instance.sop_instance_uid == sop_uid))
+
+
+def conflict(session: Session, ds: Dataset) -> str | None:
+    """Why indexing header ``ds`` would contradict the index (see :class:`UidConflict`), or None; reads only.
+
+    The receiver asks before it overwrites a stored file with a re-send's other bytes, so that a refused re-send
+    never replaces what was acknowledged; :func:`record_instance` checks the same again in its transaction."""
+    sop_uid, study_uid = _s(ds, "SOPInstanceUID"), _s(ds, "StudyInstanceUID")
+    series_uid = _s(ds, "SeriesInstanceUID")
+    inst = existing_instance(session, sop_uid)
+    if inst is not None and (inst.study_uid, inst.series_uid) != (study_uid, series_uid):
+        return _moved(sop_uid, inst, study_uid, series_uid)
+    series_of = session.scalar(select(Series.study_uid).where(Series.series_uid == series_uid))
+    if series_of is not None and series_of != study_uid:
+        return (f"Series Instance UID {series_uid} already belongs to study {series_of}: instance {sop_uid} of "
+                f"study {study_uid} refused (a series is never shared by two studies)")
+    row = session.execute(select(Study.patient_id, Study.issuer, Study.n_instances)
+                          .where(Study.study_uid == study_uid)).first()
+    if row is not None and row[2] > 0 and (row[0], row[1]) != (_s(ds, "PatientID"), _s(ds, "IssuerOfPatientID")):
+        return (f"study {study_uid} already holds another patient's instances (PatientID or IssuerOfPatientID "
+                f"differ): instance {sop_uid} refused, two patients are never merged into one study")
+    return None
 
 
 def _savepoints(session: Session) -> bool:
@@ -171,6 +275,13 @@ def _cached_get_or_create(session: Session, model, key: dict, defaults: dict, ca
     return obj, created
 
 
+def _moved(sop_uid: str, inst: Instance, study_uid: str, series_uid: str) -> str:
+    return (f"SOP Instance UID {sop_uid} is already stored in study {inst.study_uid}, series {inst.series_uid}; this "
+            f"copy names study {study_uid}, series {series_uid}: refused (an instance never moves to another study "
+            "or series, so one patient's image cannot enter another patient's series; delete it on the node first "
+            "to file it again)")
+
+
 def record_instance(session: Session, ds: Dataset, *, path: Path, size: int, sha256: str, transfer_syntax: str,
                     calling_ae: str, late_policy: str = "follow_up", now: _dt.datetime | None = None,
                     cache: BatchCache | None = None) -> RecordResult:
@@ -182,20 +293,27 @@ def record_instance(session: Session, ds: Dataset, *, path: Path, size: int, sha
     transaction) lets many calls in one transaction share the study/series rows and one instance lookup.
     """
     now = now or utcnow()
+    problem = header_problem(ds)
+    if problem:  # the receiver refuses these at the door; nothing may cut a UID or a patient ID to fit
+        raise ValueError(problem)
     sop_uid = _s(ds, "SOPInstanceUID")
     study_uid = _s(ds, "StudyInstanceUID")
     series_uid = _s(ds, "SeriesInstanceUID")
     inst = _existing(session, sop_uid, cache)
+    if inst is not None and (inst.study_uid, inst.series_uid) != (study_uid, series_uid):
+        raise UidConflict(_moved(sop_uid, inst, study_uid, series_uid))
     if inst is not None and inst.sha256 == sha256:
         return RecordResult("same", inst.study_uid)
+    patient = (_s(ds, "PatientID"), _s(ds, "IssuerOfPatientID"))
+    cut: list = []
 
     def header() -> dict:
         return dict(
-            patient_id=_s(ds, "PatientID"), issuer=_s(ds, "IssuerOfPatientID"),
-            patient_name=_s(ds, "PatientName", 324), birth_date=parse_da(ds.get("PatientBirthDate")),
-            sex=_s(ds, "PatientSex", 16), study_date=parse_da(ds.get("StudyDate")),
-            study_time=_s(ds, "StudyTime", 16), description=_s(ds, "StudyDescription", 128),
-            accession_number=_s(ds, "AccessionNumber"), calling_ae=calling_ae[:16])
+            patient_id=patient[0], issuer=patient[1],
+            patient_name=_s(ds, "PatientName", 324, cut), birth_date=parse_da(ds.get("PatientBirthDate")),
+            sex=_s(ds, "PatientSex", 16, cut), study_date=parse_da(ds.get("StudyDate")),
+            study_time=_s(ds, "StudyTime", 16, cut), description=_s(ds, "StudyDescription", 128, cut),
+            accession_number=_s(ds, "AccessionNumber", 64, cut), calling_ae=calling_ae[:16])
 
     study, created = _cached_get_or_create(session, Study, {"study_uid": study_uid}, lambda: dict(
         header(), first_received_at=now, last_received_at=now, round_started_at=now, state=STUDY_RECEIVING), cache)
@@ -203,12 +321,20 @@ def record_instance(session: Session, ds: Dataset, *, path: Path, size: int, sha
         for k, v in header().items():
             setattr(study, k, v)
         study.first_received_at = now
+    elif not created and (study.patient_id, study.issuer) != patient:
+        raise UidConflict(f"study {study_uid} already holds another patient's instances (PatientID or "
+                          f"IssuerOfPatientID differ): instance {sop_uid} refused, two patients are never merged "
+                          "into one study")
     series, _ = _cached_get_or_create(session, Series, {"series_uid": series_uid}, lambda: dict(
-        study_id=study.id, study_uid=study_uid, modality=_s(ds, "Modality", 16),
-        description=_s(ds, "SeriesDescription", 128), number=_int(ds.get("SeriesNumber")),
-        image_type=_s(ds, "ImageType", 128), sop_class_uid=_s(ds, "SOPClassUID"),
+        study_id=study.id, study_uid=study_uid, modality=_s(ds, "Modality", 16, cut),
+        description=_s(ds, "SeriesDescription", 128, cut), number=_int(ds.get("SeriesNumber")),
+        image_type=_s(ds, "ImageType", 128, cut), sop_class_uid=_s(ds, "SOPClassUID"),
         frame_of_reference_uid=_s(ds, "FrameOfReferenceUID"), slice_thickness_mm=_float(ds.get("SliceThickness")),
-        body_part=_s(ds, "BodyPartExamined"), first_received_at=now, last_received_at=now), cache)
+        body_part=_s(ds, "BodyPartExamined", 64, cut), first_received_at=now, last_received_at=now), cache)
+    if series.study_uid != study_uid or series.study_id != study.id:
+        raise UidConflict(f"Series Instance UID {series_uid} already belongs to study {series.study_uid}: instance "
+                          f"{sop_uid} of study {study_uid} refused (a series is never shared by two studies)")
+    _log_cut(cut, f"instance {sop_uid}")
 
     late = False
     if study.origin != "retrieved" and study.state in (STUDY_COMPLETE, STUDY_ROUTE_FAILED) and not created:
@@ -271,10 +397,12 @@ _T_INSTANCE, _T_STUDY, _T_SERIES = Instance.__table__, Study.__table__, Series._
 #: the fast path's statements, built once (no per-call statement construction or cache-key generation)
 _FAST_STUDY = (update(_T_STUDY)
                .where(_T_STUDY.c.study_uid == bindparam("b_uid"), _T_STUDY.c.state == STUDY_RECEIVING,
-                      _T_STUDY.c.n_instances > 0)
+                      _T_STUDY.c.n_instances > 0, _T_STUDY.c.patient_id == bindparam("b_pid"),
+                      _T_STUDY.c.issuer == bindparam("b_issuer"))
                .values(n_instances=_T_STUDY.c.n_instances + bindparam("b_n"),
                        size_bytes=_T_STUDY.c.size_bytes + bindparam("b_bytes"), last_received_at=bindparam("b_now")))
-_FAST_SERIES = (update(_T_SERIES).where(_T_SERIES.c.series_uid == bindparam("b_uid"))
+_FAST_SERIES = (update(_T_SERIES).where(_T_SERIES.c.series_uid == bindparam("b_uid"),
+                                        _T_SERIES.c.study_uid == bindparam("b_study"))
                 .values(n_instances=_T_SERIES.c.n_instances + bindparam("b_n"), last_received_at=bindparam("b_now")))
 _FAST_INSERT = insert(_T_INSTANCE)
 
@@ -291,13 +419,18 @@ def record_new_instances(conn, entries: list[tuple[Dataset, dict]],
     (not indexed, not twice in the batch), every study is already ``receiving`` with instances and every series
     exists: then record_instance would only insert the instance rows and add to the study/series counters and
     "last received" times, which this does with one guarded ``UPDATE ... SET n = n + k WHERE state='receiving'``
-    per study (which also locks the study row on PostgreSQL, as record_instance's FOR UPDATE does), one per
-    series, and one multi-row INSERT.  Returns None when the batch does not qualify; the caller must then roll
+    per study (which also locks the study row on PostgreSQL, as record_instance's FOR UPDATE does; it matches only
+    the study's own patient), one per series (only of that study), and one multi-row INSERT.  Returns None when the batch does not qualify; the caller must then roll
     the transaction back (statements may have run) and take the general path."""
     now = now or utcnow()
-    rows, per_study, per_series = [], {}, {}
+    rows, per_study, per_series, patients = [], {}, {}, {}
     for ds, kw in entries:
+        if header_problem(ds):
+            return None  # record_instance refuses it, naming the problem
         sop, study_uid, series_uid = _s(ds, "SOPInstanceUID"), _s(ds, "StudyInstanceUID"), _s(ds, "SeriesInstanceUID")
+        patient = (_s(ds, "PatientID"), _s(ds, "IssuerOfPatientID"))
+        if patients.setdefault(study_uid, patient) != patient:
+            return None  # two patients in one study within the batch: record_instance refuses the second
         size = int(kw["size"])
         rows.append(dict(
             sop_instance_uid=sop, sop_class_uid=_s(ds, "SOPClassUID"), series_uid=series_uid, study_uid=study_uid,
@@ -306,17 +439,22 @@ def record_new_instances(conn, entries: list[tuple[Dataset, dict]],
             received_at=now, versions=1, late=False))
         n, b = per_study.get(study_uid, (0, 0))
         per_study[study_uid] = (n + 1, b + size)
-        per_series[series_uid] = per_series.get(series_uid, 0) + 1
+        if per_series.setdefault(series_uid, (study_uid, 0))[0] != study_uid:
+            return None  # one Series UID under two studies within the batch
+        per_series[series_uid] = (study_uid, per_series[series_uid][1] + 1)
     uids = [r["sop_instance_uid"] for r in rows]
     if not rows or len(set(uids)) != len(uids):
         return None
     for uid in sorted(per_study):  # one lock order for every writer
         n, b = per_study[uid]
-        if conn.execute(_FAST_STUDY, {"b_uid": uid, "b_n": n, "b_bytes": b, "b_now": now}).rowcount != 1:
-            return None
+        pid, issuer = patients[uid]
+        if conn.execute(_FAST_STUDY, {"b_uid": uid, "b_n": n, "b_bytes": b, "b_now": now, "b_pid": pid,
+                                      "b_issuer": issuer}).rowcount != 1:
+            return None  # not receiving, new, or another patient's study: the general path decides
     for uid in sorted(per_series):
-        if conn.execute(_FAST_SERIES, {"b_uid": uid, "b_n": per_series[uid], "b_now": now}).rowcount != 1:
-            return None
+        study_uid, k = per_series[uid]
+        if conn.execute(_FAST_SERIES, {"b_uid": uid, "b_study": study_uid, "b_n": k, "b_now": now}).rowcount != 1:
+            return None  # a new series, or one of another study: the general path decides
     try:
         conn.execute(_FAST_INSERT, rows)
     except IntegrityError:  # an instance is indexed already (a re-send): the general path decides
@@ -353,7 +491,8 @@ def _study_summary(session: Session, st: Study, with_paths: bool = True) -> Stud
                                 birth_date=st.birth_date, sex=st.sex),
         study_date=st.study_date, study_time=st.study_time or "", study_description=st.description, accession_number=st.accession_number,
         calling_ae=st.calling_ae,
-        series=[_series_summary(s, series_paths(session, s.series_uid) if with_paths else None) for s in series],
+        series=[_series_summary(s, series_paths(session, s.series_uid, st.study_uid) if with_paths else None)
+                for s in series],
         source="local")
 
 
@@ -374,10 +513,14 @@ def studies_for_patient(session: Session, patient_id: str, issuer: str = "",
     return [_study_summary(session, st, with_paths) for st in rows]
 
 
-def series_paths(session: Session, series_uid: str) -> list[Path]:
-    """Spool paths of a series' instances, ordered by InstanceNumber (then SOP UID)."""
-    rows = session.execute(select(Instance.path, Instance.instance_number, Instance.sop_instance_uid)
-                           .where(Instance.series_uid == series_uid)).all()
+def series_paths(session: Session, series_uid: str, study_uid: str | None = None) -> list[Path]:
+    """Spool paths of a series' instances, ordered by InstanceNumber (then SOP UID); with ``study_uid`` only
+    those indexed under that study (the index refuses a Series UID under a second study, so this is a guard)."""
+    q = select(Instance.path, Instance.instance_number, Instance.sop_instance_uid).where(
+        Instance.series_uid == series_uid)
+    if study_uid is not None:
+        q = q.where(Instance.study_uid == study_uid)
+    rows = session.execute(q).all()
     rows = sorted(rows, key=lambda r: (r[1] if r[1] is not None else 1 << 30, r[2]))
     return [Path(r[0]) for r in rows]
 
@@ -570,6 +713,9 @@ class IndexWriter:
                     with self.db.session() as s:
                         it.result = record_instance(s, it.ds, **it.kw)
                     self.indexed += 1
+                except (UidConflict, ValueError) as exc1:  # refused for what it says: no traceback needed
+                    log.warning("indexing %s refused: %s", _s(it.ds, "SOPInstanceUID"), exc1)
+                    it.error = exc1
                 except Exception as exc1:  # noqa: BLE001
                     log.exception("indexing %s failed", _s(it.ds, "SOPInstanceUID"))
                     it.error = exc1

@@ -207,6 +207,126 @@ def check_sequences(ds: Dataset, depth: int = 0) -> None:
                 check_sequences(item, depth + 1)
 
 
+class IncompleteDataset(ValueError):
+    """A data set whose elements do not end where its bytes end (a declared length running past the end, an
+    element header cut short, a sequence or item without its delimiter): refused (0xC210), never stored."""
+
+
+_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"))
+_MAX_NESTING = 64
+
+
+def check_complete(buf, transfer_syntax_uid: str) -> bool | None:
+    """Walk the element structure of a C-STORE data set (no preamble, no file meta) in ``buf`` (bytes or a
+    buffer) and raise :class:`IncompleteDataset` naming the element when a declared length runs past the end, an
+    element header is cut short, or a sequence/item/encapsulated pixel data lacks its delimiter; the last element
+    must end on the last byte.  Returns whether the data set has pixel data at its top level (None: not walked),
+    so that the caller can refuse an image cut exactly at an element boundary.
+
+    pydicom reads a value that runs past the end of its input as the bytes that are there, without a word: a
+    truncated data set would be stored and acknowledged as if whole.  Values of defined length are skipped, not
+    read (a few microseconds for a CT header).  Deflated data sets are not walked here (their inflated bytes are
+    not kept: :class:`Inflater` checks that the deflate stream ends)."""
+    ts = UID(transfer_syntax_uid)
+    if ts.is_deflated:
+        return None
+    mv = memoryview(buf).cast("B")
+    end = len(mv)
+    little = ts.is_little_endian
+    pixels: list[int] = []
+    pos = _walk(mv, 0, end, ts.is_implicit_VR, "<" if little else ">", False, 0, pixels)
+    if pos != end:  # pragma: no cover - _walk consumes up to end or raises
+        raise IncompleteDataset(f"the data set has {end - pos} bytes after its last element")
+    return bool(pixels)
+
+
+def _tag_text(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def _walk(mv, pos: int, end: int, implicit: bool, order: str, in_item: bool, depth: int,
+          pixels: list | None = None) -> int:
+    """Elements from ``pos``; returns the position after them (after the item delimiter when ``in_item``).
+    ``pixels`` (top level only) collects the pixel data tags met."""
+    if depth > _MAX_NESTING:
+        raise IncompleteDataset(f"sequences are nested more than {_MAX_NESTING} levels deep")
+    hdr = struct.Struct(order + "HH")
+    u32 = struct.Struct(order + "I")
+    u16 = struct.Struct(order + "H")
+    while pos < end:
+        if pos + 8 > end:
+            raise IncompleteDataset(f"an element header at byte {pos} is cut short ({end - pos} of 8 bytes)")
+        group, elem = hdr.unpack_from(mv, pos)
+        tag = group << 16 | elem
+        pos0 = pos
+        if tag == _ITEM_END:
+            if not in_item:
+                raise IncompleteDataset(f"an item delimiter at byte {pos} outside any item")
+            return pos + 8
+        if tag in (_ITEM, _SEQ_END):
+            raise IncompleteDataset(f"an item tag {_tag_text(tag)} at byte {pos} outside any sequence")
+        if pixels is not None and tag in _PIXEL_TAGS:
+            pixels.append(tag)
+        vr = b""
+        if implicit or group == 0xFFFE:
+            length = u32.unpack_from(mv, pos + 4)[0]
+            start = pos + 8
+        else:
+            vr = bytes(mv[pos + 4:pos + 6])
+            if vr in _LONG_VRS:
+                if pos + 12 > end:
+                    raise IncompleteDataset(f"the header of element {_tag_text(tag)} at byte {pos} is cut short")
+                length = u32.unpack_from(mv, pos + 8)[0]
+                start = pos + 12
+            else:
+                length = u16.unpack_from(mv, pos + 6)[0]
+                start = pos + 8
+        if length == 0xFFFFFFFF:
+            encapsulated = tag in _PIXEL_TAGS and not implicit and vr != b"SQ"
+            if not implicit and vr not in (b"SQ", b"UN") and not encapsulated:
+                raise IncompleteDataset(f"element {_tag_text(tag)} ({vr.decode('ascii', 'replace')}) has an "
+                                        "undefined length")
+            # items of an undefined-length UN are implicit VR little endian (PS3.5 6.2.2)
+            items_implicit = implicit or vr == b"UN"
+            pos = _walk_items(mv, start, end, items_implicit, "<" if vr == b"UN" else order, encapsulated, tag,
+                              depth + 1)
+        else:
+            pos = start + length
+            if pos > end:
+                raise IncompleteDataset(f"element {_tag_text(tag)} at byte {pos0} declares "
+                                        f"{length} bytes but only {end - start} remain: the data set is cut short")
+    if in_item:
+        raise IncompleteDataset("an item of undefined length ends without its delimiter: the data set is cut short")
+    return pos
+
+
+def _walk_items(mv, pos: int, end: int, implicit: bool, order: str, encapsulated: bool, owner: int,
+                depth: int) -> int:
+    """Items of an undefined-length sequence (or encapsulated pixel data) up to and including its delimiter."""
+    hdr = struct.Struct(order + "HHI")
+    while True:
+        if pos + 8 > end:
+            raise IncompleteDataset(f"element {_tag_text(owner)} (undefined length) ends without its sequence "
+                                    "delimiter: the data set is cut short")
+        group, elem, length = hdr.unpack_from(mv, pos)
+        tag = group << 16 | elem
+        pos += 8
+        if tag == _SEQ_END:
+            return pos
+        if tag != _ITEM:
+            raise IncompleteDataset(f"element {_tag_text(owner)} holds {_tag_text(tag)} where an item belongs")
+        if length == 0xFFFFFFFF:
+            if encapsulated:
+                raise IncompleteDataset(f"a fragment of {_tag_text(owner)} has an undefined length")
+            pos = _walk(mv, pos, end, implicit, order, True, depth)
+        else:
+            if pos + length > end:
+                raise IncompleteDataset(f"an item of {_tag_text(owner)} declares {length} bytes but only "
+                                        f"{end - pos} remain: the data set is cut short")
+            pos += length
+
+
 _SEQ_DELIMITER = (b"\xfe\xff\xdd\xe0\x00\x00\x00\x00", b"\xff\xfe\xe0\xdd\x00\x00\x00\x00")  # LE, BE
 
 

@@ -5,8 +5,12 @@ indexed in the database.  Otherwise the sender gets a failure status and may re-
 
 * 0xA700 (out of resources): free disk below ``node.min_free_disk_mb``, disk full, or the database unavailable;
   the listener recovers by itself when space returns.
-* 0xC210 (cannot understand): the dataset cannot be decoded; 0xC212: StudyInstanceUID, SeriesInstanceUID or
-  SOPInstanceUID missing.  The association and the node go on.
+* 0xC210 (cannot understand): the dataset cannot be decoded, is cut short (an element runs past its end), names
+  another SOP Instance UID than the command, or holds a UID that is not valid (over 64 characters, not digits and
+  dots, an empty component or a leading zero); 0xC212: StudyInstanceUID, SeriesInstanceUID or SOPInstanceUID
+  missing; 0xC213: the instance contradicts the index (its SOP Instance UID stored under another study or series,
+  its Series UID under another study, its study holding another patient): refused, never merged.  The association
+  and the node go on.
 
 Instances retrieved by the node's own C-MOVE/C-GET arrive here as C-STORE too.  Calling AE titles may be limited
 (``node.allowed_callers``: other callers' associations are rejected); DICOM TLS when ``node.tls`` is set.
@@ -41,6 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 
 from pydicom import dcmread
+from pydicom.uid import UID
 from pynetdicom import (ALL_TRANSFER_SYNTAXES, AE, PYNETDICOM_IMPLEMENTATION_UID,
                         PYNETDICOM_IMPLEMENTATION_VERSION, AllStoragePresentationContexts, evt)
 from pynetdicom.sop_class import Verification
@@ -48,8 +53,9 @@ from pynetdicom.utils import make_target
 
 from . import _peer_guard, reactor_wakeup
 from .db import Database
-from .index import INDEXED_KEYWORDS, IndexWriter, record_instance
-from .part10 import PREAMBLE, DatasetTooLarge, check_header, file_meta_bytes, inflated_limit, is_complete, read_header
+from .index import INDEXED_KEYWORDS, IndexWriter, UidConflict, conflict, header_problem, record_instance
+from .part10 import (PREAMBLE, DatasetTooLarge, IncompleteDataset, check_complete, check_header, file_meta_bytes,
+                     inflated_limit, is_complete, read_header)
 from .shared_listener import ReceiverLoad, SharedListenerServer
 from .spool import Spool, SpoolFullError, fsync_dir
 
@@ -59,6 +65,7 @@ STATUS_OK = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC210
 STATUS_MISSING_UIDS = 0xC212
+STATUS_UID_CONFLICT = 0xC213  # the instance contradicts the index (node.index.UidConflict): refused, never merged
 
 
 def tls_context(tls) -> ssl.SSLContext:
@@ -238,7 +245,8 @@ class Receiver:
         status, message = ingest_dataset(self.db, self.spool, meta, dataset, ts, calling_ae=calling,
                                          late_policy=self.cfg.completion.late_instances, writer=self.writer,
                                          max_dataset_bytes=n.max_dataset_bytes,
-                                         max_inflation_ratio=n.max_inflation_ratio)
+                                         max_inflation_ratio=n.max_inflation_ratio,
+                                         affected_sop_uid=str(req.AffectedSOPInstanceUID))
         if status != STATUS_OK:
             log.warning("C-STORE %s from %s not accepted (0x%04X): %s", req_uid(), calling, status, message)
             return status
@@ -286,18 +294,22 @@ def ingest(db: Database, spool: Spool, data: bytes, *, calling_ae: str, late_pol
     rename are fsynced and the index row is committed before this returns STATUS_OK."""
     def header():
         ds = check_header(dcmread(BytesIO(data), stop_before_pixels=True), INDEXED_KEYWORDS)
-        return ds, str(ds.file_meta.TransferSyntaxUID)
+        ts = str(ds.file_meta.TransferSyntaxUID)
+        _check_integrity(ds, memoryview(data)[_dataset_offset(data):], ts)
+        return ds, ts
     return _ingest(db, spool, [data], header, calling_ae, late_policy, writer)
 
 
 def ingest_dataset(db: Database, spool: Spool, meta: bytes, dataset: BytesIO, transfer_syntax: str, *,
                    calling_ae: str, late_policy: str = "follow_up", writer: IndexWriter | None = None,
-                   max_dataset_bytes: int | None = None, max_inflation_ratio: float = 100.0) -> tuple[int, str]:
+                   max_dataset_bytes: int | None = None, max_inflation_ratio: float = 100.0,
+                   affected_sop_uid: str | None = None) -> tuple[int, str]:
     """Like :func:`ingest` for a C-STORE's data set as received: ``meta`` is the preamble + File Meta
     Information (:func:`node.part10.file_meta_bytes`), ``dataset`` the request's data set stream in
     ``transfer_syntax``.  The file is ``meta`` followed by the data set's bytes, neither copied nor re-encoded.
     A data set over ``max_dataset_bytes``, or a deflated one inflating beyond
-    :func:`node.part10.inflated_limit`, is answered 0xA700 and nothing is written."""
+    :func:`node.part10.inflated_limit`, is answered 0xA700 and nothing is written.  A data set cut short (an element
+    running past its end) or whose SOP Instance UID is not the command's ``affected_sop_uid`` is refused (0xC210)."""
     buf = dataset.getbuffer()
     limit = None
     if max_dataset_bytes is not None:
@@ -310,25 +322,44 @@ def ingest_dataset(db: Database, spool: Spool, meta: bytes, dataset: BytesIO, tr
 
     def header():
         dataset.seek(0)
-        return read_header(dataset, transfer_syntax, INDEXED_KEYWORDS, max_inflated_bytes=limit), transfer_syntax
+        ds = read_header(dataset, transfer_syntax, INDEXED_KEYWORDS, max_inflated_bytes=limit)
+        _check_integrity(ds, buf, transfer_syntax)
+        return ds, transfer_syntax
     try:
-        return _ingest(db, spool, [meta, buf], header, calling_ae, late_policy, writer)
+        return _ingest(db, spool, [meta, buf], header, calling_ae, late_policy, writer, affected_sop_uid)
     finally:
         buf.release()
 
 
-def _ingest(db, spool, parts, header, calling_ae, late_policy, writer) -> tuple[int, str]:
+def _dataset_offset(data: bytes) -> int:
+    """Where the data set starts in a Part 10 byte string (after the preamble and the File Meta group)."""
+    if data[128:132] != b"DICM" or data[132:136] != b"\x02\x00\x00\x00":
+        raise IncompleteDataset("not a Part 10 file with a File Meta group length")
+    return 132 + 12 + int.from_bytes(data[140:144], "little")
+
+
+def _check_integrity(ds, dataset_bytes, transfer_syntax: str) -> None:
+    """Raise :class:`node.part10.IncompleteDataset` when the data set's elements do not end where its bytes end,
+    or when an object of an image storage class has no pixel data (a data set cut at an element boundary)."""
+    has_pixels = check_complete(dataset_bytes, transfer_syntax)
+    sop_class = str(ds.get("SOPClassUID", "") or "")
+    if has_pixels is False and sop_class and "Image Storage" in UID(sop_class).name:
+        raise IncompleteDataset(f"an object of {UID(sop_class).name} without pixel data: the data set is cut short")
+
+
+def _ingest(db, spool, parts, header, calling_ae, late_policy, writer, affected_sop_uid=None) -> tuple[int, str]:
     if writer is not None:
         writer.announce()  # concurrent associations: let the writer wait for this one to join its batch
     announced = [writer is not None]
     try:
-        return _store(db, spool, parts, header, calling_ae, late_policy, writer, announced)
+        return _store(db, spool, parts, header, calling_ae, late_policy, writer, announced, affected_sop_uid)
     finally:
         if announced[0]:
             writer.withdraw()
 
 
-def _store(db, spool, parts, header, calling_ae, late_policy, writer, announced) -> tuple[int, str]:
+def _store(db, spool, parts, header, calling_ae, late_policy, writer, announced,
+           affected_sop_uid=None) -> tuple[int, str]:
     size = sum(len(p) for p in parts)
     try:
         spool.check_space(size)
@@ -340,21 +371,35 @@ def _store(db, spool, parts, header, calling_ae, late_policy, writer, announced)
                                                               "SOPInstanceUID")}
     except DatasetTooLarge as exc:  # a deflate bomb: refused for its size, not as undecodable
         return STATUS_OUT_OF_RESOURCES, str(exc)
+    except IncompleteDataset as exc:
+        return STATUS_CANNOT_UNDERSTAND, f"the data set is incomplete: {exc}"
     except Exception as exc:  # noqa: BLE001 - anything undecodable is 'cannot understand'
         text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         return STATUS_CANNOT_UNDERSTAND, f"the dataset cannot be decoded ({text})"
     missing = [k for k, v in ids.items() if not v]
     if missing:
         return STATUS_MISSING_UIDS, f"the dataset has no {', '.join(missing)}"
+    problem = header_problem(ds)  # UIDs are indexed whole: one that is not valid (e.g. > 64 characters) is refused
+    if problem:
+        return STATUS_CANNOT_UNDERSTAND, f"refused: {problem}"
+    if affected_sop_uid is not None and affected_sop_uid.strip() != ids["SOPInstanceUID"]:
+        return STATUS_CANNOT_UNDERSTAND, (f"the data set's SOP Instance UID {ids['SOPInstanceUID']} is not the "
+                                          f"command's Affected SOP Instance UID {affected_sop_uid.strip()}")
     path = spool.path_for(ids["StudyInstanceUID"], ids["SeriesInstanceUID"], ids["SOPInstanceUID"])
+    created = False
     try:
         if os.path.lexists(path):  # a re-send: the same bytes need no rewrite
             sha = _sha256(parts)
             if _same_file(path, parts, size, sha):
                 folder = path.parent  # already there (maybe from an unacknowledged attempt): fsync it again
-            else:
+            else:  # other bytes replace the stored file: only when the index would take them
+                with db.session() as s:
+                    why = conflict(s, ds)
+                if why:
+                    return STATUS_UID_CONFLICT, why
                 folder = spool.write_data(path, parts)
         else:  # hash while the file is written and synced (both release the GIL)
+            created = True
             hashing = _HASHER.submit(_sha256, parts)
             try:
                 folder = spool.write_data(path, parts)
@@ -373,10 +418,23 @@ def _store(db, spool, parts, header, calling_ae, late_policy, writer, announced)
                 res = record_instance(s, ds, **kw)
     except SpoolFullError as exc:
         return STATUS_OUT_OF_RESOURCES, str(exc)
+    except UidConflict as exc:  # never acknowledged: a file written for it alone is removed again
+        if created:
+            _remove_refused(path, sha)
+        return STATUS_UID_CONFLICT, str(exc)
     except Exception as exc:  # noqa: BLE001 - database/disk trouble: the sender should retry later
         log.error("storing %s failed: %s", ids["SOPInstanceUID"], exc, exc_info=not isinstance(exc, OSError))
         return STATUS_OUT_OF_RESOURCES, f"not stored: {str(exc).splitlines()[0][:300]}"
     return STATUS_OK, f"stored {ids['SOPInstanceUID']} ({res.status}, study {res.study_uid}, {ts}, {size} bytes)"
+
+
+def _remove_refused(path: Path, sha: str) -> None:
+    """Remove the file written for a refused instance (never acknowledged), unless it meanwhile holds other bytes."""
+    try:
+        if hashlib.sha256(path.read_bytes()).hexdigest() == sha:
+            os.unlink(path)
+    except OSError as exc:
+        log.warning("could not remove the refused spool file %s: %s", path, exc)
 
 
 def reindex_spool(db: Database, spool: Spool, *, recent_s: float = 3600.0) -> int:
@@ -385,7 +443,9 @@ def reindex_spool(db: Database, spool: Spool, *, recent_s: float = 3600.0) -> in
     The receiver's index commits do not wait for the WAL to reach the disk (SQLite ``synchronous=NORMAL``), so
     after a power loss the newest rows may be gone while their files (fsynced before the acknowledgement) are
     there.  Only folders changed within ``recent_s`` seconds of the newest spool change are looked at.  A file
-    that cannot be read as DICOM (a write cut short before its fsync, never acknowledged) is removed."""
+    that cannot be read as DICOM (a write cut short before its fsync, never acknowledged) is removed.  A file whose
+    SOP Instance UID the index holds at another path, or which contradicts the index (:class:`UidConflict`), or
+    whose UIDs are not valid, is left where it is and not indexed: recovery never brings back a superseded copy."""
     from sqlalchemy import select
 
     from .db import Instance
@@ -432,8 +492,20 @@ def reindex_spool(db: Database, spool: Spool, *, recent_s: float = 3600.0) -> in
             if Path(path) != spool.path_for(str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", "")),
                                             str(ds.get("SOPInstanceUID", ""))):
                 continue  # not where the receiver would have put it: leave it alone
-            with db.session() as s:
-                record_instance(s, ds, path=Path(path), size=len(data), sha256=_sha256([data]),
-                                transfer_syntax=ts, calling_ae="", late_policy="follow_up")
+            problem = header_problem(ds)
+            if problem:  # never acknowledged by this version; kept for a person to look at, never indexed cut
+                log.warning("spool file %s is not re-indexed: %s", path, problem)
+                continue
+            sop = str(ds.get("SOPInstanceUID", "")).strip()
+            try:
+                with db.session() as s:
+                    held = s.scalar(select(Instance.path).where(Instance.sop_instance_uid == sop))
+                    if held is not None and held != path:
+                        raise UidConflict(f"SOP Instance UID {sop} is indexed with its file {held}")
+                    record_instance(s, ds, path=Path(path), size=len(data), sha256=_sha256([data]),
+                                    transfer_syntax=ts, calling_ae="", late_policy="follow_up")
+            except UidConflict as exc:  # a superseded or refused copy: the index keeps the one it holds
+                log.warning("spool file %s is not re-indexed (a superseded or refused copy): %s", path, exc)
+                continue
             indexed += 1
     return indexed

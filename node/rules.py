@@ -2,7 +2,8 @@
 
 A rule (``node.config.Rule``) matches a study when every criterion in ``rule.match`` holds:
 
-- study-level: ``StudyDescription`` (regular expression, searched, case-insensitive) and ``calling_ae`` (the AE title
+- study-level: ``StudyDescription`` (regular expression, searched, case-insensitive; RE2 syntax, matched in linear
+  time by :mod:`node.rule_patterns` so no pattern can stall the node) and ``calling_ae`` (the AE title
   that sent the study, one of a list, case-insensitive);
 - series-level, all on the SAME series: ``Modality``, ``BodyPartExamined`` (one of a list), ``SeriesDescription``
   (regular expression), ``slice_thickness_mm`` (min/max, mm) and ``min_slices`` (instances in the series).
@@ -15,11 +16,11 @@ gives one :class:`RouteDecision` (several rules may fire for one study; each bec
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from node.config import NodeConfig, Rule
+from node.rule_patterns import search as pattern_search
 from node.study import SeriesSummary, StudySummary
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def series_mismatch(rule: Rule, s: SeriesSummary) -> str | None:
     parts = [p.upper() for p in _as_list(m.BodyPartExamined)]
     if parts and s.body_part.upper() not in parts:
         return f"BodyPartExamined is {s.body_part or 'empty'}, not one of {', '.join(parts)}"
-    if m.SeriesDescription and not re.search(m.SeriesDescription, s.description or "", re.IGNORECASE):
+    if m.SeriesDescription and not pattern_search(m.SeriesDescription, s.description or ""):
         return f"SeriesDescription {s.description!r} does not match /{m.SeriesDescription}/"
     rng = m.slice_thickness_mm
     if rng is not None and (rng.min is not None or rng.max is not None):
@@ -83,7 +84,7 @@ def series_mismatch(rule: Rule, s: SeriesSummary) -> str | None:
 
 def _study_mismatch(rule: Rule, study: StudySummary) -> str | None:
     m = rule.match
-    if m.StudyDescription and not re.search(m.StudyDescription, study.study_description or "", re.IGNORECASE):
+    if m.StudyDescription and not pattern_search(m.StudyDescription, study.study_description or ""):
         return f"StudyDescription {study.study_description!r} does not match /{m.StudyDescription}/"
     callers = [c.upper() for c in _as_list(m.calling_ae)]
     if callers and (study.calling_ae or "").strip().upper() not in callers:
