@@ -35,6 +35,7 @@ from sqlalchemy import func, select
 from tools import free_port
 
 from .conftest import nodefx
+from .support import write_figures
 
 pg_schema_url = nodefx.pg_schema_url  # re-exported fixture: a fresh PostgreSQL schema per test
 
@@ -326,6 +327,7 @@ def test_pathological_rule_pattern_routes_in_linear_time():
     from node.config import ConfigError, parse_config, parse_rules
     from node.rules import match_rule, route_study
     cfg = parse_config(f"rules:\n  - name: evil\n    match: {{StudyDescription: '{PATTERN}'}}\n")
+    figures = {}
     for n in (28, 32, 5000):  # Python's re: about 20 s at 28 characters, doubling per character
         hostile = _summary("a" * n + "!")
         t0 = time.monotonic()
@@ -334,6 +336,8 @@ def test_pathological_rule_pattern_routes_in_linear_time():
         took = time.monotonic() - t0
         assert not ok and "does not match /(a+)+$/" in why
         assert took < HEALTHZ_LIMIT_S, f"{n} characters took {took:.2f} s"
+        figures[f"route_s_{n}_chars"] = round(took, 6)
+    write_figures("hostile_regex_route_ci", figures)
     assert [d.rule.name for d in route_study(cfg, _summary("A" * 40))] == ["evil"]  # still case-insensitive
     for pattern, why in ((r"(a)\1", "backreferences"), ("(?=chest)", "lookahead"), ("(?<!x)chest", "lookbehind")):
         with pytest.raises(ConfigError) as err:
@@ -401,6 +405,9 @@ def test_dry_run_of_pathological_rule_never_holds_healthz(console, tmp_path):
     in_flight = time.monotonic() - asked[0] if asked[0] else 0.0  # a /healthz still unanswered counts too
     poller.join(120)
     worst = max(waits + [in_flight])
+    write_figures("hostile_regex_healthz_ci", {"healthz_max_wait_s": round(worst, 4), "healthz_polls": len(waits),
+                                               "dry_runs": len(runs), "dry_runs_s": round(took, 4),
+                                               "description_chars": 29, "pattern": PATTERN})
     assert worst < HEALTHZ_LIMIT_S, f"/healthz waited {worst:.2f} s during the dry runs"
     assert len(waits) >= 5
     assert all(r.status_code == 200 for r in runs), [r.text for r in runs]
