@@ -1,13 +1,15 @@
-"""Inconsistent studies through the whole node: each ends as a failed job whose error names the problem, and
-nothing is written or sent (never a wrong-patient result).
+"""Inconsistent studies through the whole node: never a wrong-patient result.
 
-* one series whose slices carry two PatientIDs (mixed patients in one series);
-* one StudyInstanceUID whose two series belong to two PatientIDs;
-* one series with two Frames of Reference.
-The patient (PatientID ``BADIN-A``) has a prior on the node, so every job gets as far as reading the series.
+* one series whose slices carry two PatientIDs (mixed patients in one series) and one StudyInstanceUID whose two
+  series belong to two PatientIDs: the second patient's instances are refused at the door (0xC213, issue 15: two
+  patients are never merged into one study), so the index holds one patient per study and per series;
+* one series with two Frames of Reference: received, and its job fails with an error naming the problem; nothing
+  is written or sent.
+The patient (PatientID ``BADIN-A``) has a prior on the node, so the job gets as far as reading the series.
 """
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 from pydicom import dcmread
@@ -31,7 +33,7 @@ def _restamp(files: list[Path], every_other: bool = False, **values) -> None:
 
 
 def test_inconsistent_studies_fail_with_plain_reasons_and_nothing_is_sent(tmp_path):
-    from node.db import JOB_TERMINAL, Job, Send
+    from node.db import JOB_TERMINAL, Instance, Job, Send
     cfg, path = nodefx.write_node_config(
         tmp_path, rules=[{"name": "ct-followup", "send_to": ["local"],
                           "registration": {"device": "cpu", "iterations": 1}}],
@@ -61,34 +63,42 @@ def test_inconsistent_studies_fail_with_plain_reasons_and_nothing_is_sent(tmp_pa
     node = nodefx.start_node(path)
     try:
         assert nodefx.storescu(node.port, prior).returncode == 0
-        for files in (mixed, two_a + two_b, two_for):
-            r = nodefx.storescu(node.port, files)
-            assert r.returncode == 0, r.stderr[-1000:]
+        assert nodefx.storescu(node.port, two_for).returncode == 0
 
-        def jobs_terminal():
+        def job_terminal():
             with db.session() as s:
-                rows = s.scalars(select(Job).where(Job.study_uid.in_([mixed_uid, two_uid, for_uid]))).all()
-                if len({j.study_uid for j in rows}) == 3 and all(j.state in JOB_TERMINAL for j in rows):
+                rows = s.scalars(select(Job).where(Job.study_uid == for_uid)).all()
+                if rows and all(j.state in JOB_TERMINAL for j in rows):
                     s.expunge_all()
                     return rows
             return None
-        rows = wait_for(jobs_terminal, 300, "the three jobs to end", node)
-        by_study: dict[str, list] = {}
-        for j in rows:
-            by_study.setdefault(j.study_uid, []).append(j)
-        expect = {mixed_uid: "patient", two_uid: "patient", for_uid: "Frame of Reference"}
+        rows = wait_for(job_terminal, 300, "the Frame of Reference study's job to end", node)
         report = {}
-        for study, word in expect.items():
-            for j in by_study[study]:
-                said = j.error or j.outcome_reason
-                report[study] = (j.state, j.outcome, said)
-                assert j.state == "failed", (f"study {study}: job {j.id} ended {j.state}/{j.outcome} ({said}); "
-                                             f"expected a failed job naming the {word} problem")
-                assert word.lower() in said.lower() and "\n" not in said, said
+        for j in rows:
+            said = j.error or j.outcome_reason
+            report[for_uid] = (j.state, j.outcome, said)
+            assert j.state == "failed", (f"study {for_uid}: job {j.id} ended {j.state}/{j.outcome} ({said}); "
+                                         "expected a failed job naming the Frame of Reference problem")
+            assert "frame of reference" in said.lower() and "\n" not in said, said
         with db.session() as s:
             sends = s.scalars(select(Send).where(Send.job_id.in_([j.id for j in rows]))).all()
             assert sends == [], "results of an inconsistent study were queued for sending"
         assert not list((tmp_path / "out").rglob("*.dcm")), "results of an inconsistent study were delivered"
+
+        # a second patient in a study or series already holding the first: refused at the door, never merged
+        for files, study_uid, n_first in ((mixed, mixed_uid, 3), (two_a + two_b, two_uid, 6)):
+            r = subprocess.run([nodefx.dcmtk("storescu"), "-nh", "-aet", "STORESCU", "-aec", node.ae_title,
+                                "127.0.0.1", str(node.port), *map(str, files)], capture_output=True, text=True,
+                               timeout=120)  # -nh: go on after a refused instance (exit status 0 then)
+            assert r.returncode == 0, r.stderr[-1000:]
+            refused = [line for line in node.log().splitlines() if "not accepted (0xC213)" in line
+                       and f"study {study_uid} already holds another patient's instances" in line]
+            assert len(refused) == len(files) - n_first, refused
+            with db.session() as s:
+                held = s.scalars(select(Instance.path).where(Instance.study_uid == study_uid)).all()
+            assert len(held) == n_first, (study_uid, len(held))
+            assert {str(dcmread(p, stop_before_pixels=True).PatientID) for p in held} == {PID}
+            report[study_uid] = ("refused at the door", len(files) - n_first, "instances of another patient")
         assert nodefx.echo_ok(node.port)
         write_figures("bad_input_node", {"jobs": {k: list(v) for k, v in report.items()}})
     finally:
