@@ -124,7 +124,7 @@ def store(port: int, items, calling: str = "HOSTILE") -> list[int]:
     ae = AE(ae_title=calling)
     ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
     ae.add_requested_context(Verification)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60  # generous: the machine may be loaded
     assoc = ae.associate("127.0.0.1", port, ae_title="TOTALREG")
     assert assoc.is_established
     out = []
