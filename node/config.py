@@ -264,7 +264,17 @@ class WebSettings(_Strict):
     port: int = Field(8080, ge=1, le=65535)
     secret_key: str | None = None  # default: generated once and kept in data_dir/secret_key
     admin_user: str = "admin"
-    admin_password: str | None = None  # default: generated once, printed at first start, kept in data_dir
+    admin_password: str | None = None  # default: generated at first start, shown once on the terminal, hash only
+    # cookies: HttpOnly + SameSite=Lax always; Secure on https requests, and on every response when this is true
+    # (set it when a TLS proxy in front of the console talks plain http to it)
+    secure_cookies: bool = False
+    session_max_age_s: int = Field(8 * 3600, ge=60, le=30 * 86400)  # a sign-in lasts at most this long
+    session_idle_s: int = Field(3600, ge=60, le=30 * 86400)  # ... and ends after this long without a request
+    # sign-in throttle, per client: wrong passwords for one user name from one address, and from one address for
+    # any user names, within login_window_s; a client over its budget gets 429, other clients are not affected
+    login_max_failures: int = Field(5, ge=1, le=1000)
+    login_max_failures_per_address: int = Field(20, ge=1, le=10000)
+    login_window_s: float = Field(300.0, gt=0, le=86400)
 
 
 class LoggingSettings(_Strict):

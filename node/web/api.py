@@ -16,9 +16,9 @@ from node.config import ConfigError
 from node.db import JOB_STATES
 
 from . import actions, auth, queries, rules_store
-from .deps import api_admin, api_user, ctx, db
+from .deps import MAX_OFFSET, DbId, api_admin, api_user, ctx, db
 from .dryrun import run_dry
-from .pages import qc_png_path
+from .pages import change_own_password, qc_png_path
 from .system import check_peer, compute_device, disk
 
 router = APIRouter(prefix="/api")
@@ -34,7 +34,7 @@ class JobSearch(BaseModel):
     date_to: dt.date | None = None
     suspicious: bool = False
     limit: int = Field(50, ge=1, le=500)
-    offset: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
 
 
 class RulesIn(BaseModel):
@@ -52,8 +52,17 @@ class DryRunIn(BaseModel):
 
 
 class TokenIn(BaseModel):
+    """A new API token: what uses it, and its role."""
+
     name: str
     role: Literal["admin", "viewer"] = "viewer"
+
+
+class PasswordIn(BaseModel):
+    """A signed-in user's password change: the current password and the new one (8+ characters)."""
+
+    old_password: str = Field(max_length=1024)
+    new_password: str = Field(max_length=1024)
 
 
 def _search(session: Session, request: Request, s: JobSearch) -> dict:
@@ -68,7 +77,8 @@ def _search(session: Session, request: Request, s: JobSearch) -> dict:
 @router.get("/jobs", tags=["jobs"])
 def list_jobs(request: Request, state: str = "", rule: str = "", date_from: dt.date | None = None,
               date_to: dt.date | None = None, suspicious: bool = False, limit: int = Query(50, ge=1, le=500),
-              offset: int = Query(0, ge=0), _: auth.Principal = Depends(api_user), session: Session = Depends(db)):
+              offset: int = Query(0, ge=0, le=MAX_OFFSET), _: auth.Principal = Depends(api_user),
+              session: Session = Depends(db)):
     """Jobs, newest first, with state and QC numbers (similarity before/after, folding %, SDlogJ)."""
     return _search(session, request, JobSearch(state=state, rule=rule, date_from=date_from, date_to=date_to,
                                                suspicious=suspicious, limit=limit, offset=offset))
@@ -82,7 +92,7 @@ def search_jobs(body: JobSearch, request: Request, _: auth.Principal = Depends(a
 
 
 @router.get("/jobs/{job_id}", tags=["jobs"])
-def get_job(job_id: int, request: Request, _: auth.Principal = Depends(api_user), session: Session = Depends(db)):
+def get_job(job_id: DbId, request: Request, _: auth.Principal = Depends(api_user), session: Session = Depends(db)):
     """One job: state, outcome, QC numbers and problems, time per stage (s), sends, and its log."""
     job = queries.get_job(session, job_id, ctx(request).cfg.qc)
     if job is None:
@@ -94,7 +104,7 @@ def get_job(job_id: int, request: Request, _: auth.Principal = Depends(api_user)
 
 
 @router.get("/jobs/{job_id}/qc.png", tags=["jobs"], response_class=FileResponse)
-def get_job_qc(job_id: int, request: Request, _: auth.Principal = Depends(api_user),
+def get_job_qc(job_id: DbId, request: Request, _: auth.Principal = Depends(api_user),
                session: Session = Depends(db)):
     """The job's QC picture (PNG)."""
     return FileResponse(qc_png_path(ctx(request), session, job_id), media_type="image/png",
@@ -114,19 +124,19 @@ def _act(what: str, job_id: int, p: auth.Principal, session: Session, destinatio
 
 
 @router.post("/jobs/{job_id}/retry", tags=["jobs"])
-def retry_job(job_id: int, p: auth.Principal = Depends(api_admin), session: Session = Depends(db)):
+def retry_job(job_id: DbId, p: auth.Principal = Depends(api_admin), session: Session = Depends(db)):
     """Put a failed or dead job back in the queue (admin)."""
     return _act("retry", job_id, p, session)
 
 
 @router.post("/jobs/{job_id}/cancel", tags=["jobs"])
-def cancel_job(job_id: int, p: auth.Principal = Depends(api_admin), session: Session = Depends(db)):
+def cancel_job(job_id: DbId, p: auth.Principal = Depends(api_admin), session: Session = Depends(db)):
     """Cancel a queued job (admin)."""
     return _act("cancel", job_id, p, session)
 
 
 @router.post("/jobs/{job_id}/resend", tags=["jobs"])
-def resend_job(job_id: int, destination: str | None = None, p: auth.Principal = Depends(api_admin),
+def resend_job(job_id: DbId, destination: str | None = None, p: auth.Principal = Depends(api_admin),
                session: Session = Depends(db)):
     """Send a finished job's results again, to all its destinations or to ``destination`` (admin)."""
     return _act("resend", job_id, p, session, destination)
@@ -215,3 +225,12 @@ def create_token(body: TokenIn, p: auth.Principal = Depends(api_admin), session:
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
     return {"id": row.id, "name": row.name, "role": row.role, "token": token}
+
+
+@router.post("/account/password", tags=["account"])
+def change_password(body: PasswordIn, request: Request, p: auth.Principal = Depends(api_user),
+                    session: Session = Depends(db)):
+    """Change your own console password (a console session, with X-CSRF-Token). The current password is required;
+    a wrong one counts against the sign-in throttle (401, then 429). Your other sessions are signed out."""
+    change_own_password(request, session, p, body.old_password, body.new_password)
+    return {"user": p.name, "changed": True}

@@ -19,18 +19,17 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import text
 from sqlalchemy.orm import Session
-from starlette.middleware.sessions import SessionMiddleware
 
 from node import metrics
 from node.config import NodeConfig
 
 from . import auth, models, queries
 from .deps import Context, LoginRequired
+from .sessions import ConsoleSessions
 from .system import disk
 
 log = logging.getLogger(__name__)
 PKG = Path(__file__).resolve().parents[1]
-SESSION_MAX_AGE_S = 8 * 3600
 
 
 def _session_maker(session_factory) -> Callable[[], Session]:
@@ -55,14 +54,17 @@ def _fmt_num(v, digits: int = 3) -> str:
 
 
 def create_app(cfg: NodeConfig, session_factory, *, data_dir: str | Path | None = None,
-               receiver_alive: Callable[[], bool] | None = None, https_only: bool = False) -> FastAPI:
+               receiver_alive: Callable[[], bool] | None = None, https_only: bool = False,
+               show_password: Callable[[str], bool] | None = None) -> FastAPI:
     """The console + API app.
 
     ``session_factory``: a ``node.db.Database`` or a callable returning SQLAlchemy Sessions of the node database.
     ``data_dir``: the node's data folder (spool, secrets; default ``cfg.node.data_dir``). ``receiver_alive``: a
     callable telling whether the DICOM receiver thread is alive (reported by /healthz when given).
-    ``https_only``: mark the session cookie Secure (set when the console is served behind TLS).
-    The console's tables are created if missing and the configured admin user is made on first start.
+    ``https_only``: mark the session cookie Secure on every response (like ``web.secure_cookies``; https requests
+    get it anyway). ``show_password``: where a generated admin password is shown once (default: the terminal, see
+    :func:`node.web.auth.ensure_admin`). The console's tables are created if missing and the configured admin user
+    is made on first start.
     """
     data_dir = Path(data_dir if data_dir is not None else cfg.node.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -70,7 +72,7 @@ def create_app(cfg: NodeConfig, session_factory, *, data_dir: str | Path | None 
     with new_session() as s:
         models.create_tables(s.get_bind())
     with new_session() as s:
-        auth.ensure_admin(s, cfg.web.admin_user, cfg.web.admin_password, data_dir)
+        auth.ensure_admin(s, cfg.web.admin_user, cfg.web.admin_password, data_dir, show=show_password)
 
     templates = Jinja2Templates(directory=str(PKG / "templates"))
     templates.env.filters.update(t=_fmt_time, bytes=_fmt_bytes, num=_fmt_num)
@@ -80,11 +82,15 @@ def create_app(cfg: NodeConfig, session_factory, *, data_dir: str | Path | None 
                   docs_url=None, redoc_url=None,
                   description="REST API of the node: jobs, routing rules, destinations. Authenticate with "
                               "`Authorization: Bearer <token>` (tokens are created by an admin in the console).")
+    w = cfg.web
     app.state.ctx = Context(cfg=cfg, new_session=new_session, data_dir=data_dir, templates=templates,
-                            receiver_alive=receiver_alive)
-    app.add_middleware(SessionMiddleware, secret_key=auth.secret_key(cfg.web.secret_key, data_dir),
-                       session_cookie="totalreg_session", max_age=SESSION_MAX_AGE_S, same_site="lax",
-                       https_only=https_only)
+                            receiver_alive=receiver_alive,
+                            throttle=auth.LoginThrottle(w.login_max_failures, w.login_window_s,
+                                                        w.login_max_failures_per_address))
+    app.add_middleware(ConsoleSessions, new_session=new_session, secret_key=auth.secret_key(w.secret_key, data_dir),
+                       max_age_s=w.session_max_age_s, idle_s=w.session_idle_s,
+                       secure_always=https_only or w.secure_cookies)
+    app.add_middleware(BodyLimit)  # outermost: an oversized body is refused before anything reads it
     app.mount("/static", StaticFiles(directory=str(PKG / "static")), name="static")
 
     from . import api, pages
@@ -162,6 +168,65 @@ def create_app(cfg: NodeConfig, session_factory, *, data_dir: str | Path | None 
         return JSONResponse({"status": "ok" if ok else "unhealthy", "checks": checks}, status_code=200 if ok else 503)
 
     return app
+
+
+#: request bodies larger than this are refused (413) before they are read: the sign-in and password forms are a
+#: few hundred bytes; everything else (rule documents, JSON) stays far below the general limit
+SMALL_FORM_PATHS, SMALL_FORM_BYTES, BODY_BYTES = ("/login", "/account/password", "/api/account/password"), \
+    64 * 1024, 4 * 1024 * 1024
+
+
+class BodyLimit:
+    """ASGI middleware: refuse (413, naming the limit) a request body over :data:`BODY_BYTES`, or over
+    :data:`SMALL_FORM_BYTES` on the sign-in and password paths — by its Content-Length before reading it, or while
+    a chunked body arrives — so that hostile bodies are never parsed nor kept."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        """Pass the request on, or answer 413 when its body is too large."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = SMALL_FORM_BYTES if scope["path"] in SMALL_FORM_PATHS else BODY_BYTES
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > limit:
+                await self._refuse(scope, receive, send, limit)
+                return
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            await self.app(scope, receive, send)
+            return
+        body, more = bytearray(), True  # chunked: read it here, up to the limit, then hand it on
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > limit:
+                await self._refuse(scope, receive, send, limit)
+                return
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _refuse(scope, receive, send, limit: int) -> None:
+        what = "this form" if limit == SMALL_FORM_BYTES else "a request"
+        response = JSONResponse({"detail": f"the request body is too large: {what} may have at most {limit} bytes"},
+                                status_code=413, headers={"Connection": "close"})
+        await response(scope, receive, send)
 
 
 def _wants_json(request: Request) -> bool:

@@ -5,9 +5,10 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
+from fastapi import Path as PathParam
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
@@ -32,6 +33,12 @@ class Context:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+MAX_ID = 2 ** 63 - 1  # the largest integer a database id column holds (BIGINT / SQLite INTEGER)
+MAX_OFFSET = 10 ** 12  # list offsets and page numbers beyond this are refused (422), never passed to SQL
+#: a database id in a URL path: 1 .. MAX_ID, else 422 (a bigger number would overflow the database driver)
+DbId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="a database id (1 to 2^63-1)")]
+
+
 class LoginRequired(Exception):
     """Raised by page dependencies when nobody is signed in (answered with a redirect to /login)."""
 
@@ -42,8 +49,11 @@ def ctx(request: Request) -> Context:
 
 
 def db(request: Request) -> Iterator[Session]:
-    """A database session for one request, closed afterwards (handlers commit what they change)."""
+    """A database session for one request (handlers commit what they change). It is closed when the response
+    starts (by :class:`node.web.sessions.ConsoleSessions`, whose own write to the session table must not wait for
+    this one's transaction — SQLite transactions here all take the write lock) and again at the end."""
     s = ctx(request).new_session()
+    request.scope.setdefault(auth.OPEN_DB_SESSIONS_KEY, []).append(s)
     try:
         yield s
     finally:

@@ -1,4 +1,4 @@
-"""The console's own tables: console users, API tokens and versioned routing-rule documents.
+"""The console's own tables: console users, API tokens, signed-in sessions and versioned routing-rule documents.
 
 They live on the node database's declarative ``Base`` (``node.db.Base``), so one
 ``create_all`` (``node.db.Database.create_all``) makes every table once this module is imported.
@@ -40,6 +40,25 @@ class ApiToken(Base):
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+class ConsoleSession(Base):
+    """A signed-in console session (server side; the cookie holds only a random token whose SHA-256 is kept here).
+
+    Deleting the row signs the session out everywhere at once. ``data`` is the session's JSON (flash messages, the
+    job filter — patient data stays here, never in the cookie); the user's role is read from ``console_users`` on
+    every request, not kept here. A session ends at ``expires_at`` or after the configured idle time.
+    """
+
+    __tablename__ = "console_sessions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    user_id: Mapped[int] = mapped_column(Integer, nullable=False, index=True)
+    csrf: Mapped[str] = mapped_column(String(64), nullable=False)
+    data: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, index=True)
+
+
 class RuleVersion(Base):
     """One saved version of the routing rules (a YAML list, as edited in the console). Highest version wins."""
 
@@ -52,7 +71,7 @@ class RuleVersion(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
-CONSOLE_TABLES = [ConsoleUser.__table__, ApiToken.__table__, RuleVersion.__table__]
+CONSOLE_TABLES = [ConsoleUser.__table__, ApiToken.__table__, ConsoleSession.__table__, RuleVersion.__table__]
 
 
 def create_tables(engine) -> None:

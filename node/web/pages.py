@@ -1,12 +1,14 @@
 """Server-rendered console pages (Jinja2). Every POST checks the session's CSRF token; URLs carry job ids only —
-patient filters travel by POST and are kept in the (signed) session."""
+patient filters travel by POST and are kept in the server-side session (node.web.sessions), never in a cookie."""
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -15,7 +17,7 @@ from node.config import ConfigError
 from node.db import JOB_STATES
 
 from . import actions, auth, queries, rules_store
-from .deps import Context, ctx, db, page_admin, page_user
+from .deps import MAX_OFFSET, Context, DbId, ctx, db, page_admin, page_user
 from .dryrun import run_dry
 from .models import ApiToken, ConsoleUser
 from .system import check_peer, compute_device, disk, peers
@@ -23,6 +25,7 @@ from .system import check_peer, compute_device, disk, peers
 log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
 PAGE_SIZE = 50
+FLASH_CHARS = 300  # a flash message is cut to this length (it may quote what a user typed)
 
 
 def render(request: Request, name: str, user: auth.Principal | None, status_code: int = 200, **context):
@@ -35,8 +38,7 @@ def render(request: Request, name: str, user: auth.Principal | None, status_code
 
 def flash(request: Request, message: str, level: str = "ok") -> None:
     """Queue a one-time message for the next page (level ok | error | info)."""
-    request.session.setdefault("flash", [])
-    request.session["flash"] = request.session["flash"] + [[level, message]]
+    request.session["flash"] = (request.session.get("flash") or [])[-4:] + [[level, message[:FLASH_CHARS]]]
 
 
 def back(url: str) -> RedirectResponse:
@@ -57,30 +59,78 @@ def login_page(request: Request):
 def login(request: Request, username: str = Form(""), password: str = Form(""), csrf_token: str = Form(""),
           session: Session = Depends(db)):
     auth.check_csrf(request, csrf_token)
-    throttle = ctx(request).throttle
-    wait = throttle.wait_s(username)
+    throttle, address = ctx(request).throttle, auth.client_address(request)
+    shown_name = username[:auth.MAX_USERNAME_CHARS]
+    wait = throttle.wait_s(address, username)
     if wait > 0:
-        return render(request, "login.html", None, status_code=429, username=username,
-                      error=f"Too many wrong passwords for this user; try again in {wait / 60:.0f} min.")
+        return render(request, "login.html", None, status_code=429, username=shown_name,
+                      error=f"Too many wrong passwords from this computer; try again in "
+                            f"{max(1, math.ceil(wait / 60))} min.")
     user = auth.authenticate(session, username, password)
     if user is None:
-        throttle.failed(username)
-        log.warning("console: failed sign-in (user name of length %d)", len(username))
+        throttle.failed(address, username)
+        log.warning("console: failed sign-in from %s (user name of length %d)", address, len(username))
         return render(request, "login.html", None, status_code=401, error="Wrong user name or password.",
-                      username=username)
-    throttle.succeeded(username)
-    request.session.clear()
-    request.session.update(user=user.username, role=user.role)
-    auth.csrf_token(request)
-    log.info("console: %s signed in", user.username)
+                      username=shown_name)
+    throttle.succeeded(address, username)
+    auth.sign_in(request, user)
+    log.info("console: %s signed in from %s", user.username, address)
     return back("/")
 
 
 @router.post("/logout")
 def logout(request: Request, csrf_token: str = Form("")):
     auth.check_csrf(request, csrf_token)
-    request.session.clear()
+    auth.sign_out(request)
     return back("/login")
+
+
+# ------------------------------------------------------------------------------------------------------ account
+
+@router.get("/account")
+def account_page(request: Request, user: auth.Principal = Depends(page_user)):
+    return render(request, "account.html", user, nav="account")
+
+
+@router.post("/account/password")
+def account_password(request: Request, old_password: str = Form(""), new_password: str = Form(""),
+                     new_password2: str = Form(""), csrf_token: str = Form(""),
+                     user: auth.Principal = Depends(page_user), session: Session = Depends(db)):
+    auth.check_csrf(request, csrf_token)
+    if new_password != new_password2:
+        return render(request, "account.html", user, status_code=422, nav="account",
+                      error="The two new passwords differ.")
+    try:
+        change_own_password(request, session, user, old_password, new_password)
+    except HTTPException as exc:
+        return render(request, "account.html", user, status_code=exc.status_code, nav="account",
+                      error=str(exc.detail))
+    flash(request, "Password changed. Your other sessions were signed out.")
+    return back("/account")
+
+
+def change_own_password(request: Request, session: Session, user: auth.Principal, old_password: str,
+                        new_password: str) -> None:
+    """Change the signed-in user's password (old one required; wrong ones count against the sign-in throttle).
+    HTTPException 400 (an API token), 401 (wrong old password), 422 (unusable new one) or 429 (throttled)."""
+    if user.user_id is None:
+        raise HTTPException(400, "an API token has no password; sign in to the console to change yours")
+    throttle, address = ctx(request).throttle, auth.client_address(request)
+    wait = throttle.wait_s(address, user.name)
+    if wait > 0:
+        raise HTTPException(429, f"Too many wrong passwords from this computer; try again in "
+                                 f"{max(1, math.ceil(wait / 60))} min.")
+    try:
+        auth.change_password(session, user.user_id, old_password, new_password,
+                             keep_session=request.scope.get(auth.SESSION_ID_KEY))
+    except auth.WrongPassword as exc:
+        session.rollback()
+        throttle.failed(address, user.name)
+        raise HTTPException(401, f"Not changed: {exc}.") from None
+    except ValueError as exc:
+        session.rollback()
+        raise HTTPException(422, f"Not changed: {exc}.") from None
+    log.info("console: %s changed their password", user.name)
 
 
 # ---------------------------------------------------------------------------------------------------- dashboard
@@ -124,8 +174,8 @@ def _filter_from_session(request: Request) -> queries.JobFilter:
 
 
 @router.get("/jobs")
-def jobs_page(request: Request, page: int = 1, state: str = "", user: auth.Principal = Depends(page_user),
-              session: Session = Depends(db)):
+def jobs_page(request: Request, page: Annotated[int, Query(le=MAX_OFFSET // PAGE_SIZE)] = 1, state: str = "",
+              user: auth.Principal = Depends(page_user), session: Session = Depends(db)):
     c = ctx(request)
     if state in JOB_STATES:  # links from the dashboard (a state is not patient data)
         request.session["job_filter"] = {"state": state}
@@ -163,7 +213,7 @@ def jobs_filter(request: Request, patient: str = Form(""), state: str = Form("")
 
 
 @router.get("/jobs/{job_id}")
-def job_page(request: Request, job_id: int, user: auth.Principal = Depends(page_user),
+def job_page(request: Request, job_id: DbId, user: auth.Principal = Depends(page_user),
              session: Session = Depends(db)):
     c = ctx(request)
     job = queries.get_job(session, job_id, c.cfg.qc)
@@ -196,7 +246,7 @@ def qc_png_path(c: Context, session: Session, job_id: int) -> Path:
 
 
 @router.get("/jobs/{job_id}/qc.png")
-def job_qc_png(request: Request, job_id: int, user: auth.Principal = Depends(page_user),
+def job_qc_png(request: Request, job_id: DbId, user: auth.Principal = Depends(page_user),
                session: Session = Depends(db)):
     path = qc_png_path(ctx(request), session, job_id)
     session.rollback()
@@ -222,19 +272,19 @@ def _job_action(request: Request, job_id: int, csrf_token: str, user: auth.Princ
 
 
 @router.post("/jobs/{job_id}/retry")
-def job_retry(request: Request, job_id: int, csrf_token: str = Form(""), user=Depends(page_admin),
+def job_retry(request: Request, job_id: DbId, csrf_token: str = Form(""), user=Depends(page_admin),
               session: Session = Depends(db)):
     return _job_action(request, job_id, csrf_token, user, session, "retry")
 
 
 @router.post("/jobs/{job_id}/cancel")
-def job_cancel(request: Request, job_id: int, csrf_token: str = Form(""), user=Depends(page_admin),
+def job_cancel(request: Request, job_id: DbId, csrf_token: str = Form(""), user=Depends(page_admin),
                session: Session = Depends(db)):
     return _job_action(request, job_id, csrf_token, user, session, "cancel")
 
 
 @router.post("/jobs/{job_id}/resend")
-def job_resend(request: Request, job_id: int, csrf_token: str = Form(""), user=Depends(page_admin),
+def job_resend(request: Request, job_id: DbId, csrf_token: str = Form(""), user=Depends(page_admin),
                session: Session = Depends(db)):
     return _job_action(request, job_id, csrf_token, user, session, "resend")
 
@@ -335,7 +385,7 @@ def admin_add_token(request: Request, name: str = Form(""), role: str = Form("vi
 
 
 @router.post("/admin/tokens/{token_id}/revoke")
-def admin_revoke_token(request: Request, token_id: int, csrf_token: str = Form(""), user=Depends(page_admin),
+def admin_revoke_token(request: Request, token_id: DbId, csrf_token: str = Form(""), user=Depends(page_admin),
                        session: Session = Depends(db)):
     auth.check_csrf(request, csrf_token)
     row = session.get(ApiToken, token_id)

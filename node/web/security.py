@@ -1,7 +1,8 @@
-"""Password hashing (scrypt), API token generation/hashing and CSRF tokens. Standard library only.
+"""Password hashing (scrypt), API and session token generation/hashing and CSRF tokens. Standard library only.
 
 Password hashes are stored as ``scrypt$<n>$<r>$<p>$<salt b64>$<hash b64>``. API tokens are 32 random bytes
-(``trn_`` + url-safe base64); only their SHA-256 is stored (a random token needs no slow hash).
+(``trn_`` + url-safe base64); only their SHA-256 is stored (a random token needs no slow hash). Console session
+tokens are stored the same way.
 """
 from __future__ import annotations
 
@@ -44,6 +45,11 @@ def new_api_token() -> str:
 def hash_token(token: str) -> str:
     """Hex SHA-256 of an API token, as stored in the database."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_session_token() -> str:
+    """A fresh random console session token (the cookie's value; only its SHA-256 is stored)."""
+    return secrets.token_urlsafe(32)
 
 
 def new_csrf_token() -> str:

@@ -375,20 +375,35 @@ def test_openapi_lists_the_api(app):
         assert p in paths, p
 
 
-def test_first_start_generates_admin_password_once(tmp_path, node_db, capsys):
+def test_first_start_generates_admin_password_once(tmp_path, node_db, capsys, caplog):
     from node.config import NodeConfig
     from node.web import create_app
     cfg = NodeConfig.model_validate({"node": {"data_dir": str(tmp_path / "fresh")}, "web": {"admin_user": "root"}})
-    app = create_app(cfg, node_db[0], data_dir=tmp_path / "fresh")
-    pw_file = tmp_path / "fresh" / "admin_password"
-    password = pw_file.read_text().strip()
-    assert len(password) >= 16 and oct(pw_file.stat().st_mode & 0o777) == "0o600"
-    assert password in capsys.readouterr().err
+    shown: list[str] = []
+    app = create_app(cfg, node_db[0], data_dir=tmp_path / "fresh", show_password=lambda t: shown.append(t) or True)
+    assert len(shown) == 1
+    password = re.search(r"with password (\S+)", shown[0]).group(1)
+    assert len(password) >= 16
+    out = capsys.readouterr()
+    assert password not in out.err + out.out + caplog.text  # not in the service log
+    assert not (tmp_path / "fresh" / "admin_password").exists()
     assert oct((tmp_path / "fresh" / "secret_key").stat().st_mode & 0o777) == "0o600"
-    create_app(cfg, node_db[0], data_dir=tmp_path / "fresh")
-    assert pw_file.read_text().strip() == password
+    create_app(cfg, node_db[0], data_dir=tmp_path / "fresh", show_password=lambda t: shown.append(t) or True)
+    assert len(shown) == 1  # shown once
     with TestClient(app) as c:
         assert login(c, "root", password).status_code == 303
+
+
+def test_plain_text_password_file_of_an_older_version_is_used_once_then_deleted(tmp_path, node_db, caplog):
+    from node.config import NodeConfig
+    from node.web import create_app
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "admin_password").write_text("legacy-password-42\n")
+    cfg = NodeConfig.model_validate({"node": {"data_dir": str(tmp_path / "old")}, "web": {"admin_user": "root"}})
+    app = create_app(cfg, node_db[0], data_dir=tmp_path / "old", show_password=lambda t: pytest.fail(t))
+    assert not (tmp_path / "old" / "admin_password").exists() and "deleted" in caplog.text
+    with TestClient(app) as c:
+        assert login(c, "root", "legacy-password-42").status_code == 303
 
 
 def test_rules_in_force_without_console_tables(node_cfg):
