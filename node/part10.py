@@ -84,8 +84,9 @@ class Inflater:
     ``zlib.decompressobj(...).decompress(data, max_length)`` in chunks of at most 1 MiB.
 
     What is read is kept (the header up to the pixel data: pydicom seeks back over an element header), so memory
-    is what was parsed plus one chunk; :meth:`drain` inflates the rest without keeping it.  More than ``limit``
-    inflated bytes raise :class:`DatasetTooLarge` at once; a stream that does not end raises ValueError."""
+    is what was parsed plus one chunk; :meth:`skip` and :meth:`drain` inflate without keeping (a skip past the kept
+    bytes drops them: no seeking back before that point).  More than ``limit`` inflated bytes raise
+    :class:`DatasetTooLarge` at once; a stream that does not end raises ValueError."""
 
     CHUNK = 1 << 20
 
@@ -93,6 +94,7 @@ class Inflater:
         self._src = src
         self._d = zlib.decompressobj(-zlib.MAX_WBITS)
         self._buf = bytearray()
+        self._base = 0  # position of _buf[0] in the inflated data set (bytes before it were skipped, not kept)
         self._pos = 0
         self.limit = limit
         self.total = 0  # inflated bytes so far
@@ -118,8 +120,8 @@ class Inflater:
         return b""
 
     def _fill(self, end: int) -> None:
-        while len(self._buf) < end:
-            out = self._inflate(min(self.CHUNK, end - len(self._buf)))
+        while self._base + len(self._buf) < end:
+            out = self._inflate(min(self.CHUNK, end - self._base - len(self._buf)))
             if not out:
                 return
             self._buf += out
@@ -130,10 +132,30 @@ class Inflater:
             end = (self.limit + 1) if self.limit is not None else 1 << 62
         else:
             end = self._pos + n
+        if self._pos < self._base:
+            raise ValueError("cannot read inflated bytes that were skipped without keeping them")
         self._fill(end)
-        out = bytes(self._buf[self._pos:end])
+        out = bytes(self._buf[self._pos - self._base:end - self._base])
         self._pos += len(out)
         return out
+
+    def skip(self, n: int) -> int:
+        """Move ``n`` bytes forward; bytes beyond those kept are inflated and counted but not kept (and the kept
+        ones are dropped).  Returns how many bytes were skipped (fewer at the end of the stream)."""
+        target = self._pos + n
+        kept_end = self._base + len(self._buf)
+        if target <= kept_end:
+            self._pos = target
+            return n
+        need = target - kept_end
+        while need > 0:
+            out = self._inflate(min(self.CHUNK, need))
+            if not out:
+                break
+            need -= len(out)
+        self._buf = bytearray()
+        self._base = self._pos = target - need
+        return n - need
 
     def tell(self) -> int:
         """The current position in the inflated data set."""
@@ -143,7 +165,7 @@ class Inflater:
         """Move within the inflated data set (whence 0, 1; 2 inflates everything first)."""
         if whence == 2:
             self._fill(1 << 62 if self.limit is None else self.limit + 1)
-            base = len(self._buf)
+            base = self._base + len(self._buf)
         else:
             base = 0 if whence == 0 else self._pos
         self._pos = max(0, base + offset)
@@ -159,7 +181,7 @@ class Inflater:
 
 
 def read_header(fp: BinaryIO, transfer_syntax_uid: str, decode_keywords: tuple[str, ...] = (), *,
-                max_inflated_bytes: int | None = None) -> Dataset:
+                max_inflated_bytes: int | None = None, structure: dict | None = None) -> Dataset:
     """Parse a C-STORE data set (no preamble, no file meta) from ``fp``'s current position up to the pixel data.
 
     ``fp`` is read, not copied (pass the request's ``BytesIO``).  Every sequence is parsed (a malformed item
@@ -167,7 +189,9 @@ def read_header(fp: BinaryIO, transfer_syntax_uid: str, decode_keywords: tuple[s
     raises here); other elements stay raw until used.  Raises ValueError (or pydicom's errors) for bytes that
     are not a data set in ``transfer_syntax_uid``.  A deflated data set is inflated as it is parsed and then to
     its end without keeping it (:class:`Inflater`): more than ``max_inflated_bytes`` raises
-    :class:`DatasetTooLarge`, an incomplete deflate stream ValueError."""
+    :class:`DatasetTooLarge`, an incomplete deflate stream ValueError; meanwhile its element structure is walked as
+    :func:`check_complete` walks other data sets (:class:`IncompleteDataset` when an element runs past the end),
+    and ``structure["has_pixels"]`` (when a dict is given) says whether it has top-level pixel data."""
     ts = UID(transfer_syntax_uid)
     if not ts.is_transfer_syntax:
         raise ValueError(f"unknown transfer syntax {transfer_syntax_uid}")
@@ -175,8 +199,12 @@ def read_header(fp: BinaryIO, transfer_syntax_uid: str, decode_keywords: tuple[s
     if ts.is_deflated:  # inflated as it is parsed, never more than max_inflated_bytes (a deflate bomb raises)
         fp = inflater = Inflater(fp, max_inflated_bytes)
     ds = read_dataset(fp, ts.is_implicit_VR, ts.is_little_endian, stop_when=_stop_at_pixels)
-    if inflater is not None:
-        inflater.drain()  # the rest (pixel data) inflated and counted, not kept: the whole size is checked
+    if inflater is not None:  # one pass to the end: the element structure walked (kept header bytes first, then
+        inflater.seek(0)      # the rest, pixel data included, inflated and counted but not kept), the size checked
+        has_pixels = _walk_stream(inflater, ts.is_implicit_VR, "<" if ts.is_little_endian else ">", False, 0, [])
+        inflater.drain()  # the deflate stream must end where the data set ends
+        if structure is not None:
+            structure["has_pixels"] = has_pixels
     ds.set_original_encoding(ts.is_implicit_VR, ts.is_little_endian, ds._character_set)
     return check_header(ds, decode_keywords)
 
@@ -217,20 +245,24 @@ _LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b
 _MAX_NESTING = 64
 
 
-def check_complete(buf, transfer_syntax_uid: str) -> bool | None:
+def check_complete(buf, transfer_syntax_uid: str, max_inflated_bytes: int | None = None) -> bool:
     """Walk the element structure of a C-STORE data set (no preamble, no file meta) in ``buf`` (bytes or a
     buffer) and raise :class:`IncompleteDataset` naming the element when a declared length runs past the end, an
     element header is cut short, or a sequence/item/encapsulated pixel data lacks its delimiter; the last element
-    must end on the last byte.  Returns whether the data set has pixel data at its top level (None: not walked),
-    so that the caller can refuse an image cut exactly at an element boundary.
+    must end on the last byte.  Returns whether the data set has pixel data at its top level, so that the caller
+    can refuse an image cut exactly at an element boundary.
 
     pydicom reads a value that runs past the end of its input as the bytes that are there, without a word: a
     truncated data set would be stored and acknowledged as if whole.  Values of defined length are skipped, not
-    read (a few microseconds for a CT header).  Deflated data sets are not walked here (their inflated bytes are
-    not kept: :class:`Inflater` checks that the deflate stream ends)."""
+    read (a few microseconds for a CT header).  A deflated data set is inflated as it is walked, without keeping
+    it (:class:`Inflater`, at most ``max_inflated_bytes``); :func:`read_header` does the same walk in its one pass,
+    so a receiver that parsed a deflated data set with it need not call this."""
     ts = UID(transfer_syntax_uid)
     if ts.is_deflated:
-        return None
+        src = Inflater(BytesIO(buf), max_inflated_bytes)
+        has_pixels = _walk_stream(src, False, "<", False, 0, [])
+        src.drain()
+        return has_pixels
     mv = memoryview(buf).cast("B")
     end = len(mv)
     little = ts.is_little_endian
@@ -325,6 +357,86 @@ def _walk_items(mv, pos: int, end: int, implicit: bool, order: str, encapsulated
                 raise IncompleteDataset(f"an item of {_tag_text(owner)} declares {length} bytes but only "
                                         f"{end - pos} remain: the data set is cut short")
             pos += length
+
+
+def _walk_stream(src: Inflater, implicit: bool, order: str, in_item: bool, depth: int,
+                 pixels: list | None = None) -> bool:
+    """:func:`_walk` over an inflating stream: element headers are read, values skipped without keeping them; the
+    elements must end where the stream ends (after the item delimiter when ``in_item``).  Returns whether
+    ``pixels`` (top level only) collected a pixel data tag."""
+    if depth > _MAX_NESTING:
+        raise IncompleteDataset(f"sequences are nested more than {_MAX_NESTING} levels deep")
+    hdr, u32, u16 = struct.Struct(order + "HH"), struct.Struct(order + "I"), struct.Struct(order + "H")
+    while True:
+        pos = src.tell()
+        head = src.read(8)
+        if not head:
+            if in_item:
+                raise IncompleteDataset("an item of undefined length ends without its delimiter: the data set is "
+                                        "cut short")
+            return bool(pixels)
+        if len(head) < 8:
+            raise IncompleteDataset(f"an element header at byte {pos} is cut short ({len(head)} of 8 bytes)")
+        group, elem = hdr.unpack_from(head)
+        tag = group << 16 | elem
+        if tag == _ITEM_END:
+            if not in_item:
+                raise IncompleteDataset(f"an item delimiter at byte {pos} outside any item")
+            return False
+        if tag in (_ITEM, _SEQ_END):
+            raise IncompleteDataset(f"an item tag {_tag_text(tag)} at byte {pos} outside any sequence")
+        if pixels is not None and tag in _PIXEL_TAGS:
+            pixels.append(tag)
+        vr = b""
+        if implicit or group == 0xFFFE:
+            length = u32.unpack_from(head, 4)[0]
+        else:
+            vr = head[4:6]
+            if vr in _LONG_VRS:
+                more = src.read(4)
+                if len(more) < 4:
+                    raise IncompleteDataset(f"the header of element {_tag_text(tag)} at byte {pos} is cut short")
+                length = u32.unpack(more)[0]
+            else:
+                length = u16.unpack_from(head, 6)[0]
+        if length == 0xFFFFFFFF:
+            encapsulated = tag in _PIXEL_TAGS and not implicit and vr != b"SQ"
+            if not implicit and vr not in (b"SQ", b"UN") and not encapsulated:
+                raise IncompleteDataset(f"element {_tag_text(tag)} ({vr.decode('ascii', 'replace')}) has an "
+                                        "undefined length")
+            _walk_items_stream(src, implicit or vr == b"UN", "<" if vr == b"UN" else order, encapsulated, tag,
+                               depth + 1)
+        else:
+            got = src.skip(length)
+            if got < length:
+                raise IncompleteDataset(f"element {_tag_text(tag)} at byte {pos} declares {length} bytes but only "
+                                        f"{got} remain: the data set is cut short")
+
+
+def _walk_items_stream(src: Inflater, implicit: bool, order: str, encapsulated: bool, owner: int,
+                       depth: int) -> None:
+    """:func:`_walk_items` over an inflating stream: items up to and including the sequence delimiter."""
+    hdr = struct.Struct(order + "HHI")
+    while True:
+        head = src.read(8)
+        if len(head) < 8:
+            raise IncompleteDataset(f"element {_tag_text(owner)} (undefined length) ends without its sequence "
+                                    "delimiter: the data set is cut short")
+        group, elem, length = hdr.unpack(head)
+        tag = group << 16 | elem
+        if tag == _SEQ_END:
+            return
+        if tag != _ITEM:
+            raise IncompleteDataset(f"element {_tag_text(owner)} holds {_tag_text(tag)} where an item belongs")
+        if length == 0xFFFFFFFF:
+            if encapsulated:
+                raise IncompleteDataset(f"a fragment of {_tag_text(owner)} has an undefined length")
+            _walk_stream(src, implicit, order, True, depth)
+        else:
+            got = src.skip(length)
+            if got < length:
+                raise IncompleteDataset(f"an item of {_tag_text(owner)} declares {length} bytes but only {got} "
+                                        "remain: the data set is cut short")
 
 
 _SEQ_DELIMITER = (b"\xfe\xff\xdd\xe0\x00\x00\x00\x00", b"\xff\xfe\xe0\xdd\x00\x00\x00\x00")  # LE, BE

@@ -322,8 +322,9 @@ def ingest_dataset(db: Database, spool: Spool, meta: bytes, dataset: BytesIO, tr
 
     def header():
         dataset.seek(0)
-        ds = read_header(dataset, transfer_syntax, INDEXED_KEYWORDS, max_inflated_bytes=limit)
-        _check_integrity(ds, buf, transfer_syntax)
+        walked: dict = {}  # a deflated data set's structure is walked by read_header in its one streamed pass
+        ds = read_header(dataset, transfer_syntax, INDEXED_KEYWORDS, max_inflated_bytes=limit, structure=walked)
+        _check_integrity(ds, buf, transfer_syntax, walked.get("has_pixels"))
         return ds, transfer_syntax
     try:
         return _ingest(db, spool, [meta, buf], header, calling_ae, late_policy, writer, affected_sop_uid)
@@ -338,10 +339,12 @@ def _dataset_offset(data: bytes) -> int:
     return 132 + 12 + int.from_bytes(data[140:144], "little")
 
 
-def _check_integrity(ds, dataset_bytes, transfer_syntax: str) -> None:
+def _check_integrity(ds, dataset_bytes, transfer_syntax: str, has_pixels: bool | None = None) -> None:
     """Raise :class:`node.part10.IncompleteDataset` when the data set's elements do not end where its bytes end,
-    or when an object of an image storage class has no pixel data (a data set cut at an element boundary)."""
-    has_pixels = check_complete(dataset_bytes, transfer_syntax)
+    or when an object of an image storage class has no pixel data (a data set cut at an element boundary).
+    ``has_pixels`` given: the structure was already walked (a deflated data set, by :func:`read_header`)."""
+    if has_pixels is None:
+        has_pixels = check_complete(dataset_bytes, transfer_syntax)
     sop_class = str(ds.get("SOPClassUID", "") or "")
     if has_pixels is False and sop_class and "Image Storage" in UID(sop_class).name:
         raise IncompleteDataset(f"an object of {UID(sop_class).name} without pixel data: the data set is cut short")

@@ -85,6 +85,37 @@ def test_read_header_refuses_a_malformed_sequence_and_an_unknown_syntax(tmp_path
         read_header(BytesIO(raw), "1.2.3.4")
 
 
+def _deflated(raw: bytes) -> bytes:
+    c = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return c.compress(raw) + c.flush()
+
+
+def test_deflated_data_sets_are_walked_as_they_are_inflated(tmp_path):
+    """A deflated data set's element structure is checked like any other (node.part10.check_complete, and
+    read_header in its one pass), its pixel data skipped by Inflater.skip without being kept."""
+    from node.part10 import Inflater, IncompleteDataset, check_complete
+    path = make_series(tmp_path, n_slices=1, size=16)[0]
+    raw = _dataset_bytes(path, ExplicitVRLittleEndian)
+    pixels_at = raw.rfind(b"\xe0\x7f\x10\x00")
+    assert check_complete(_deflated(raw), DeflatedExplicitVRLittleEndian) is True
+    assert check_complete(_deflated(raw[:pixels_at]), DeflatedExplicitVRLittleEndian) is False  # no pixel data
+    for cut in (raw[:-6], raw[:pixels_at + 5]):  # in the pixel data's value, in its header
+        with pytest.raises(IncompleteDataset, match="cut short"):
+            check_complete(_deflated(cut), DeflatedExplicitVRLittleEndian)
+        with pytest.raises(IncompleteDataset, match="cut short"):
+            read_header(BytesIO(_deflated(cut)), DeflatedExplicitVRLittleEndian)
+    walked: dict = {}
+    read_header(BytesIO(_deflated(raw)), DeflatedExplicitVRLittleEndian, structure=walked)
+    assert walked == {"has_pixels": True}
+    big = _deflated(bytes(8 << 20))  # skipping 8 MiB keeps none of it; reading back before the skip is refused
+    src = Inflater(BytesIO(big), limit=16 << 20)
+    assert src.read(10) == bytes(10) and src.skip(8 << 20) == (8 << 20) - 10 and src.tell() == 8 << 20
+    assert len(src._buf) == 0 and src.total == 8 << 20 and src.read(1) == b""
+    src.seek(0)
+    with pytest.raises(ValueError, match="skipped without keeping"):
+        src.read(1)
+
+
 def test_spooled_file_is_the_sent_data_set_with_our_file_meta(node_config, tmp_path, monkeypatch):
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # the SCU sends the file's bytes as they are
     cfg, _ = node_config()

@@ -27,7 +27,7 @@ import httpx
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, Verification
 from sqlalchemy import func, select
@@ -119,10 +119,11 @@ def ct(tmp: Path, *, patient: str, study: str, series: str, n: int = 1, sop: lis
     return out
 
 
-def store(port: int, items, calling: str = "HOSTILE") -> list[int]:
-    """C-STORE each data set or file (one association) and return the statuses; the association must go on."""
+def store(port: int, items, calling: str = "HOSTILE", syntax: str = ExplicitVRLittleEndian) -> list[int]:
+    """C-STORE each data set or file (one association, CT contexts in ``syntax``) and return the statuses; the
+    association must go on."""
     ae = AE(ae_title=calling)
-    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    ae.add_requested_context(CTImageStorage, syntax)
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60  # generous: the machine may be loaded
     assoc = ae.associate("127.0.0.1", port, ae_title="TOTALREG")
@@ -311,6 +312,50 @@ def test_truncated_and_mismatched_datasets_are_refused(receiver, tmp_path, monke
             f"UID {uid(401, '.1.999')}") in log
     assert [r.sop_instance_uid for r in rows(db, Instance)] == [str(ds[0].SOPInstanceUID)]
     assert len(spool_files(cfg)) == 1
+
+
+def _deflated_file(tmp: Path, name: str, ds: Dataset, body: bytes, command_sop: str | None = None) -> Path:
+    """A Part 10 file in Deflated Explicit VR Little Endian whose data set is ``body`` (explicit VR little endian
+    bytes, possibly cut) deflated as a whole; ``command_sop``: the SOP Instance UID its file meta (and so the
+    C-STORE command) names."""
+    import zlib
+    from node.part10 import PREAMBLE, file_meta_bytes
+    meta = file_meta_bytes(str(ds.SOPClassUID), command_sop or str(ds.SOPInstanceUID), DeflatedExplicitVRLittleEndian,
+                           implementation_class_uid=uid(9))
+    packer = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    path = tmp / name
+    path.write_bytes(PREAMBLE + meta + packer.compress(body) + packer.flush())
+    return path
+
+
+def test_deflated_datasets_get_the_same_integrity_checks(receiver, tmp_path, monkeypatch, caplog):
+    """A deflated data set is walked as it is inflated (node.part10.read_header, never inflated whole): cut pixel
+    data, a cut header, an image without pixel data and a command naming another SOP Instance UID are refused as
+    for explicit VR; the whole one is stored."""
+    from node.db import Instance
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # the file's (deflated) bytes go out as they are
+    cfg, db, _ = receiver()
+    ds = ct(tmp_path, patient="PATD", study=uid(402), series=uid(402, ".1"), n=5)
+    body = [_file(tmp_path, d, f"e{i}.dcm").read_bytes() for i, d in enumerate(ds)]
+    body = [b[132 + 12 + int.from_bytes(b[140:144], "little"):] for b in body]  # the data sets after the file meta
+    at = body[1].index(b"\x20\x00\x0d\x00UI")
+    files = [_deflated_file(tmp_path, "pixels-cut.dcm", ds[0], body[0][:-28]),  # Pixel Data: 100 of 128 bytes
+             _deflated_file(tmp_path, "header-cut.dcm", ds[1], body[1][:at + 8 + 10]),  # cut in the Study UID
+             _deflated_file(tmp_path, "no-pixels.dcm", ds[2], body[2][:body[2].rfind(b"\xe0\x7f\x10\x00")]),
+             _deflated_file(tmp_path, "mismatch.dcm", ds[3], body[3], command_sop=uid(402, ".1.999")),
+             _deflated_file(tmp_path, "good.dcm", ds[4], body[4])]
+    with caplog.at_level(logging.WARNING, logger="node.receiver"):
+        statuses = store(cfg.node.port, files, syntax=DeflatedExplicitVRLittleEndian)
+    assert statuses == [0xC210, 0xC210, 0xC210, 0xC210, 0x0000], [hex(s) for s in statuses]
+    log = caplog.text
+    assert "element (7FE0,0010) at byte" in log and "declares 128 bytes but only 100 remain" in log
+    assert "element (0020,000D) at byte" in log  # the cut header names its element
+    assert "CT Image Storage without pixel data" in log
+    assert f"is not the command's Affected SOP Instance UID {uid(402, '.1.999')}" in log
+    assert [r.sop_instance_uid for r in rows(db, Instance)] == [str(ds[4].SOPInstanceUID)]
+    assert [r.transfer_syntax for r in rows(db, Instance)] == [DeflatedExplicitVRLittleEndian]
+    stored = dcmread(spool_files(cfg)[0])  # stored as received, and whole
+    assert stored.SOPInstanceUID == ds[4].SOPInstanceUID and stored.PixelData == ds[4].PixelData
 
 
 # ------------------------------------------------------------------------------------------- rule patterns
