@@ -5,6 +5,10 @@
     python3 bench/faults/run.py --render-only   # re-write RESULTS.md from the last figures
     python3 bench/faults/run.py --section "Hostile peers" -- tests/robustness/test_hostile_peers.py \
         -m "slow or not slow"                   # run only those tests; replace only that section of RESULTS.md
+    python3 bench/faults/run.py --section "Hostile UIDs and rules" -- tests/robustness/test_hostile_uids.py \
+        -m "slow or not slow"
+    python3 bench/faults/run.py --section "Hostile console clients" -- tests/robustness/test_hostile_console.py \
+        -m "slow or not slow"
 
 Each suite writes its figures as JSON into ``--out`` (``$TOTALREG_FAULTS_OUT``, default ``bench/out/faults``);
 pytest's JUnit XML gives every test's outcome and wall time.  RESULTS.md gets the command, the date, the
@@ -165,7 +169,7 @@ def _sections(text: str) -> dict[str, str]:
 
 
 def _section_summary(out: Path) -> list[str]:
-    """Summary lines of the hostile-peer figures (whichever exist)."""
+    """Summary lines of the issue-15 figures (hostile peers, UIDs and rules, console; whichever exist)."""
     def load(name):
         p = out / f"{name}.json"
         return json.loads(p.read_text()) if p.exists() else None
@@ -210,6 +214,51 @@ def _section_summary(out: Path) -> list[str]:
                      f"associations): exit after {f['exit_s']} s (code {f['exit_code']}), last 0x0000 at "
                      f"{f['last_0x0000_after_sigterm_s']} s, new connections refused {f['new_connections_refused']}/4, "
                      f"{f['acked_before_exit']} acknowledged instances all indexed after restart.")
+    f = load("hostile_regex_route_ci")
+    if f:
+        sizes = sorted(int(k.split("_")[2]) for k in f if k.startswith("route_s_"))
+        micros = [f"{f['route_s_%d_chars' % n] * 1e6:.0f}" for n in sizes]
+        lines.append(f"- **rule pattern `(a+)+$`** (RE2) against sender descriptions of "
+                     f"{' / '.join(map(str, sizes))} characters: routed in {' / '.join(micros)} us (bound 1 s; "
+                     "Python's `re` took ~20 s at 28 characters).")
+    f = load("hostile_regex_healthz_ci")
+    if f:
+        lines.append(f"- **dry runs of `{f['pattern']}`** through the REST API ({f['dry_runs']}, "
+                     f"{f['description_chars']}-character description, {f['dry_runs_s']} s): `/healthz` polled "
+                     f"{f['healthz_polls']} times, longest wait {f['healthz_max_wait_s'] * 1000:.0f} ms (bound 1 s).")
+    f = load("hostile_console_lockout_ci")
+    if f:
+        lines.append(f"- **console lock-out**: a stranger's {f['stranger_wrong_passwords']} wrong admin passwords "
+                     f"({f['stranger_401_before_429']} answered 401, then 429, the right one too: "
+                     f"{f['stranger_right_password_status']}); the admin from their own address: "
+                     f"{f['admin_sign_in_status']} (signed in); one address, many user names: "
+                     f"{f['one_address_many_names_401_before_429']} tries before 429.")
+    f = load("hostile_console_memory_ci")
+    if f:
+        lines.append(f"- **console memory**: {f['sign_ins']} sign-ins with {f['user_name_bytes'] / 1e6:.1f} MB user "
+                     f"names: answered {'/'.join(map(str, f['statuses']))}, console RSS {f['rss_before_mib']} MiB "
+                     f"+{f['rss_growth_mib']} MiB (bound 4 MiB; issue 15 measured +68 MB, kept for good).")
+    f = load("hostile_console_throttle_table_ci")
+    if f:
+        lines.append(f"- **throttle table**: {f['failures_recorded']} failed sign-ins (10,000 address/name pairs) "
+                     f"keep {f['entries_kept']} entries, user names cut to {f['user_name_chars_kept_max']} "
+                     "characters.")
+    f = load("hostile_console_sign_out_ci")
+    if f:
+        lines.append(f"- **sign-out**: a copied session cookie after sign-out: page "
+                     f"{f['copied_cookie_after_sign_out_page']}, API {f['copied_cookie_after_sign_out_api']}.")
+    f = load("hostile_console_admin_password_ci")
+    if f:
+        lines.append(f"- **generated admin password**: shown on the terminal {f['shown_on_terminal']}, in the "
+                     f"service log {f['in_service_log']}, shown again at the next start "
+                     f"{f['shown_at_second_start']}, files holding it in plain text "
+                     f"{f['files_with_it_in_plain_text']}, kept as {f['kept_as']} hash.")
+    f = load("hostile_console_ids_ci")
+    if f:
+        lines.append(f"- **out-of-range ids**: {f['out_of_range_requests']} requests (ids 0, -1, 2^63, 10^20 in "
+                     f"job/token URLs, offsets, pages) all {f['status']} (`/api/jobs/99999999999999999999`: "
+                     f"{f['api_jobs_99999999999999999999']}, was 500); an absent id in range "
+                     f"{f['absent_in_range_status']}.")
     return lines or ["(no figures)"]
 
 

@@ -29,6 +29,8 @@ from sqlalchemy import delete, select, update
 
 from tools import free_port
 
+from .support import write_figures
+
 ADMIN_PASSWORD = "admin-pass-0451"
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -98,13 +100,18 @@ def test_strangers_wrong_passwords_do_not_lock_the_admin_out(console):
         assert codes[:5] == [401] * 5 and set(codes[5:]) == {429}  # the stranger is throttled ...
         r = sign_in(stranger, "admin", ADMIN_PASSWORD)
         assert r.status_code == 429 and "Too many wrong passwords" in r.text  # ... even with the right password
+        figures = {"stranger_wrong_passwords": len(codes), "stranger_401_before_429": codes.count(401),
+                   "stranger_right_password_status": r.status_code}
     with console.client("127.0.0.1") as admin:  # ... but the admin at their own machine is not
         r = sign_in(admin, "admin", ADMIN_PASSWORD)
         assert r.status_code == 303 and r.headers["location"] == "/"
         assert "Dashboard" in admin.get("/").text
+        figures["admin_sign_in_status"] = r.status_code
     with console.client("127.0.0.3") as sprayer:  # one address trying many user names: 20 per window
         codes = [sign_in(sprayer, f"user{i}", "guess").status_code for i in range(25)]
         assert codes[:20] == [401] * 20 and set(codes[20:]) == {429}
+        figures["one_address_many_names_401_before_429"] = codes.count(401)
+    write_figures("hostile_console_lockout_ci", figures)
 
 
 _SERVE = """
@@ -146,6 +153,10 @@ def test_huge_user_names_do_not_grow_memory(tmp_path):
             answers += [attempt() for _ in range(40)]
             time.sleep(0.3)
             grown = server_rss() - before
+            write_figures("hostile_console_memory_ci", {
+                "sign_ins": 40, "user_name_bytes": 16 + 900_000, "rss_before_mib": round(before / 2 ** 20, 1),
+                "rss_growth_mib": round(grown / 2 ** 20, 2), "statuses": sorted({code for code, _ in answers}),
+                "largest_answer_bytes": max(size for _, size in answers)})
             assert grown < 4 * 2 ** 20, f"the console's RSS grew by {grown / 2 ** 20:.1f} MiB for 40 sign-ins " \
                                         "with 0.9 MB user names"
             assert {code for code, _ in answers} == {413}  # refused before the form is parsed
@@ -166,6 +177,9 @@ def test_sign_in_throttle_table_is_bounded(console):
     for i in range(10_000):  # many addresses and names: the table stays bounded
         throttle.failed(f"10.{i // 250}.{i % 250}.1", f"user{i}")
     assert len(throttle) == throttle.max_entries == 4096
+    write_figures("hostile_console_throttle_table_ci", {"failures_recorded": 10_000 + 5,
+                                                        "entries_kept": len(throttle),
+                                                        "user_name_chars_kept_max": MAX_USERNAME_CHARS})
     with console.client("127.0.0.1") as admin:  # the admin's first try is never throttled
         assert sign_in(admin, "admin", ADMIN_PASSWORD).status_code == 303
         chunked = admin.post("/login", content=iter([b"username=" + b"x" * 70_000]),
@@ -186,7 +200,10 @@ def test_session_cookie_stops_working_at_sign_out(console):
     with console.client(cookies=stolen) as copy:
         r = copy.get("/")
         assert r.status_code == 303 and r.headers["location"] == "/login"
-        assert copy.get("/api/status").status_code == 401
+        api = copy.get("/api/status").status_code
+        assert api == 401
+    write_figures("hostile_console_sign_out_ci", {"copied_cookie_after_sign_out_page": f"{r.status_code} to /login",
+                                                  "copied_cookie_after_sign_out_api": api})
 
 
 def test_role_is_read_from_the_database_on_every_request(console):
@@ -343,10 +360,14 @@ def test_generated_admin_password_is_shown_once_and_kept_only_as_a_hash(tmp_path
     db = Database(NodeConfig.model_validate({"node": {"data_dir": str(data_dir)}}).node.database_url())
     try:
         with db.session() as s:
-            assert s.scalar(select(ConsoleUser.password_hash)).startswith("scrypt$")
+            stored = s.scalar(select(ConsoleUser.password_hash))
+            assert stored.startswith("scrypt$")
             assert authenticate(s, "admin", password) is not None
     finally:
         db.dispose()
+    write_figures("hostile_console_admin_password_ci", {
+        "shown_on_terminal": True, "in_service_log": False, "files_with_it_in_plain_text": 0,
+        "shown_at_second_start": False, "kept_as": stored.split("$")[0]})
 
 
 def test_every_user_can_change_their_password(console):
@@ -417,3 +438,5 @@ def test_out_of_range_ids_give_4xx_never_500(console):
         assert c.get(f"/jobs?page={huge}").status_code == 422
         assert c.get("/jobs/12345").status_code == 404
         assert c.get("/").status_code == 200  # still serving
+    write_figures("hostile_console_ids_ci", {"out_of_range_requests": 4 * 5 + 2 + 2 * 6 + 1, "status": 422,
+                                             "absent_in_range_status": 404, "api_jobs_99999999999999999999": 422})
