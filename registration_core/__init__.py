@@ -27,23 +27,20 @@ Method (the TotalRegistrator pipeline) and why:
    inputs; weights shipped, see MODEL_CARD.md) takes fixed and affinely aligned moving at 4 mm and predicts K=4 region sub-fields (lungs/thorax, abdominal organs, bones, soft tissue) as stationary
    velocity fields plus softmax region weights; the weighted velocity is integrated by scaling and squaring
    (diffeomorphic, sliding interfaces possible). Without a weights file it is skipped.
-4. Instance optimisation (instance_opt.py): Adam on a dense field u (control grid at 2x the level spacing,
-   box-smoothed, trilinearly upsampled) coarse to fine over 4x, 2x, 1x the working spacing (default
-   max(2.5 mm, finest fixed spacing), raised so the body box stays under 3 M voxels on CPU), LNCC (7-voxel
-   window, separable box filters, fixed-image statistics computed once) and a diffusion penalty (weight 0.2).
-   Window and weight were 5 voxels and 0.1 (chosen on the real lung pair without a network: 1.0 -> 3.2 mm TRE,
-   0.3 -> 2.8 mm, 0.1 -> 2.55 mm, 0.05 folds 0.4 %); with the network's start, 7 voxels and 0.2 are better on the
-   validation phantoms 900 / 901 (2.48 / 3.22 -> 2.21 / 2.98 mm) and the lung pair (2.40 -> 2.24 mm). The loss
-   is scaled to a per-control-point sum and Adam's eps set to 1e-2, so that flat regions (where the similarity
-   gradient is noise) take small steps instead of Adam-normalised full ones (lung 2.55 -> 2.44 mm, 10-degree
-   phantom rotation 2.4 -> 1.9 mm). A folding penalty, mean(relu(0.2 - det J)^2) on the control grid (weight
-   10), keeps the local volume change positive where the similarity pulls the field into folds (sliding lung
-   wall, weight change): whole-body pair 0.77 % -> 0.02 % folded voxels, lung TRE unchanged (2.47 mm). Window
-   sums are shifted-view additions with their adjoint as a custom backward (~4x faster than grouped conv3d on
-   CPU). The similarity weight excludes, at every level, voxels whose LNCC window reaches past the moving
-   scan's field of view: its edge is no anatomy, and matching it had stretched the field by 10-20 mm over the
-   last 50 mm of scans whose ends the other scan does not cover (synthetic whole-body pair: TRE 2.16 -> 1.39 mm,
-   p90 6.2 -> 2.4 mm; lung pair 2.47 -> 2.43 mm). Starts from the network output or zero. Fixed p -> moving
+4. Deformable stage (deformable.py, features.py, convex.py; the default ``deformable="mind"``): MIND-SSC
+   self-similarity descriptors of both images on the working grid (default 1.5 mm, floored at 2/3 of the finer
+   input's spacing, raised so the body box stays under 3 M voxels on CPU): they describe structure, not
+   intensity, so another contrast phase or noise level does not pull the field (ConvexAdam's strength). Then a
+   discrete search around the network's start: a cost volume over +-3 coarse voxels at 8 mm (coarser when the
+   body is large) regularised by coupled convex optimisation, kept where it lowers the MIND cost (large motion
+   such as breathing is found before any gradient step). Then Adam on a dense field, coarse to fine at 10, 5 and
+   2.5 mm (control grid at 2x the level spacing, box-smoothed, trilinearly upsampled), loss = masked mean squared
+   MIND difference + diffusion penalty (0.2) + a folding penalty, mean(relu(0.2 - det J)^2) on the control grid
+   (weight 10), which keeps the local volume change positive where the data term pulls the field into folds
+   (sliding lung wall, weight change) - ConvexAdam's weakness (1.3-2.4 % folded voxels). Loss scaled to a
+   per-control-point sum with Adam eps 1e-2 (flat regions take small steps). The similarity weight excludes
+   voxels near the edge of the moving scan's field of view at every level (its edge is no anatomy). The earlier
+   LNCC instance optimisation (instance_opt.py) stays available as ``deformable="lncc"``. Fixed p -> moving
    A(p + u(p)).
 5. Full resolution (warp.py): the total field is evaluated in z-slabs on FIXED's exact grid (vector float64 mm
    LPS) and the moving image is sampled through it in the same pass (ITK's linear-interpolation rules), so

@@ -13,14 +13,24 @@ class RegistrationConfig:
         with it). 0 skips instance optimisation (affine + network only).
     weights: safetensors checkpoint of :class:`registration_core.network.TotalRegNet`; None uses the packaged
         default if present, "" or "none" disables the network.
-    working_spacing: finest isotropic working grid spacing (mm) of the dense field; raised automatically to the
-        fixed image's finest voxel spacing, and when the body box would exceed ``max_working_voxels`` (CPU) so
+    working_spacing: finest isotropic working grid spacing (mm) of the dense field; raised automatically to 2/3 of
+        the finer input's finest voxel spacing, and when the body box would exceed ``max_working_voxels`` (CPU) so
         that large scans stay fast.
     affine_spacings: grid spacings (mm), coarse to fine, of the affine pre-alignment; affine_rigidity: weight of
         the penalty ||M^T M - I||^2 on the affine matrix M against LNCC (0: a free affine).
     smoothness: diffusion penalty weight; lncc_radius_vox: LNCC window radius in voxels at every level (None:
         lncc_radius_mm); level_factors: instance-optimisation levels as multiples of the working spacing;
         adam_eps: Adam epsilon on a per-control-point-sum loss (None: plain mean loss, eps 1e-8).
+    deformable: "mind" (default: MIND-SSC features, coupled-convex search, Adam refinement; see
+        registration_core/deformable.py) or "lncc" (the earlier LNCC instance optimisation, level_factors).
+    mind_radius / mind_dilation: MIND-SSC patch radius and neighbour distance (voxels of the working grid).
+    search_spacing / search_half / max_search_voxels: discrete search grid (mm, raised so it holds at most
+        max_search_voxels) and its range in coarse voxels each way (0 disables the search).
+    schedules_mm: refinement level spacings (mm, coarse to fine, floored at the working spacing); with several
+        schedules (all ending in the same last level) the field of lowest final energy is kept.
+    lncc_weight: weight of an LNCC term beside the MIND data term (0: MIND alone, robust to contrast change).
+    finest_follows_fixed: floor the working spacing at the fixed scan's finest spacing (the earlier rule) instead
+        of 2/3 of the finer input's finest spacing.
     threads: CPU threads for torch during the call (None: torch's setting, but 1 when the machine is
         oversubscribed - OpenMP barriers then cost far more than a second thread gains).
     """
@@ -28,7 +38,7 @@ class RegistrationConfig:
     device: str = "auto"
     iterations: int | None = None
     weights: str | None = None
-    working_spacing: float = 2.5
+    working_spacing: float = 1.5
     max_working_voxels: int = 3_000_000
     max_working_voxels_cuda: int = 40_000_000
     affine_spacings: tuple[float, ...] = (8.0, 4.0)
@@ -52,6 +62,15 @@ class RegistrationConfig:
     min_overlap: float = 0.5
     min_similarity: float = 0.15
     network_spacing: float = 4.0
+    deformable: str = "mind"
+    mind_radius: int = 1
+    mind_dilation: int = 2
+    search_spacing: float = 8.0
+    search_half: int = 3
+    max_search_voxels: int = 150_000
+    lncc_weight: float = 0.0
+    schedules_mm: tuple[tuple[float, ...], ...] = ((10.0, 5.0, 2.5),)
+    finest_follows_fixed: bool = False
     threads: int | None = None
     seed: int = 0
     extra: dict = field(default_factory=dict)

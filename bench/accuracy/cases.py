@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from registration_core.synthetic import make_longitudinal_pair, random_realistic_deformation
+from registration_core.synthetic import longitudinal_pair, make_longitudinal_pair, random_realistic_deformation
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_CT = Path(os.environ.get("TOTALREG_SHARED_CT", ROOT.parent / "shared" / "data" / "ct"))
@@ -122,6 +122,66 @@ def synthetic(seed: int, spacing: float = 4.0) -> Case:
                 "Dice = mean over the 23 phantom labels", {"generator": json.loads(json.dumps(s.info))})
 
 
+# ------------------------------------------------------------------------------------------------------------
+# the realistic evaluation set: each real CT (the lung pair excepted) as prior and current scan months apart
+# (registration_core.synthetic.longitudinal_pair: rigid motion, breathing, smooth change, another field of view
+# and slice spacing, contrast change, noise), under fixed seeds. VALIDATION seeds choose settings; TEST seeds are
+# never tuned on.
+VALIDATION_SEEDS = (1, 2)
+TEST_SEEDS = (101, 102, 103)
+
+
+def _source_abdomen():
+    img = sitk.ReadImage(str(_find("abdomen_totalseg/example_ct.nii.gz")))
+    return img, _threshold_labels(img), None, "abdomen/lower-thorax CT example_ct (3 mm); labels by threshold: " \
+        "soft tissue, fat, bone, gas (Dice mean of 4)"
+
+
+def _source_abdomen_organs():
+    img = sitk.ReadImage(str(_find("abdomen_totalseg/example_ct_sm.nii.gz")))
+    lab = sitk.ReadImage(str(_find("abdomen_totalseg/example_seg.nii.gz")))
+    return img, lab, None, "abdomen crop example_ct_sm (30 slices, 3 mm) + TotalSegmentator labels (Dice mean " \
+        "over the organ classes present)"
+
+
+def _source_chest():
+    img = sitk.ReadImage(str(_find("chest_pyradiomics/lung1_image.nrrd")))
+    lab = sitk.ReadImage(str(_find("chest_pyradiomics/lung1_label.nrrd")))
+    small = sitk.BinShrink(sitk.Cast(img, sitk.sitkFloat32), [2, 2, 1])       # 1.14 x 1.14 x 5 mm
+    lab_s = _threshold_labels(small)
+    tum = sitk.GetArrayFromImage(_nn(lab, small)) > 0
+    arr = sitk.GetArrayFromImage(lab_s)
+    arr[tum] = 5
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(small)
+    return small, out, None, "chest CT pyradiomics lung1 (1.14 x 1.14 x 5 mm, 2x in-plane bin-shrunk); labels: " \
+        "threshold classes + tumour (5) (Dice mean of 5)"
+
+
+SOURCES = {"abd": _source_abdomen, "abdorg": _source_abdomen_organs, "chest": _source_chest}
+_SOURCE_CACHE: dict = {}
+
+
+def longitudinal_case(source: str, seed: int) -> Case:
+    """One case of the realistic evaluation set: ``SOURCES[source]`` under ``longitudinal_pair`` seed ``seed``."""
+    if source not in _SOURCE_CACHE:
+        _SOURCE_CACHE[source] = SOURCES[source]()
+    img, lab, dice_labels, note = _SOURCE_CACHE[source]
+    s = longitudinal_pair(img, lab, seed=seed)
+    split = "test" if seed in TEST_SEEDS else "validation" if seed in VALIDATION_SEEDS else "other"
+    return Case(f"{split} {source} #{seed}", s.fixed, s.moving, s.landmarks, s.fixed_labels, s.moving_labels,
+                dice_labels, s.fixed_overlap, s.displacement, note + f"; {split} split",
+                {"generator": json.loads(json.dumps(s.info, default=float)), "split": split})
+
+
+def _longitudinal_factory(source, seed):
+    return lambda: longitudinal_case(source, seed)
+
+
+LONGITUDINAL = {f"{split}_{src}_{seed}": _longitudinal_factory(src, seed)
+                for split, seeds in (("test", TEST_SEEDS), ("val", VALIDATION_SEEDS))
+                for src in SOURCES for seed in seeds}
+
 CASES = {
     "lung": lung_pair,
     "abdomen_seg": abdomen_seg,
@@ -130,4 +190,5 @@ CASES = {
     "synth0": lambda sp=4.0: synthetic(0, sp),
     "synth1": lambda sp=4.0: synthetic(1, sp),
     "synth2": lambda sp=4.0: synthetic(2, sp),
+    **LONGITUDINAL,
 }

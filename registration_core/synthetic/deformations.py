@@ -125,6 +125,20 @@ def _pick_landmarks(labels_arr: np.ndarray, ok: np.ndarray, n: int, rng) -> np.n
     return cand[np.sort(sel)]
 
 
+def _edge_landmarks(fixed: sitk.Image, ok: np.ndarray, n: int, rng) -> np.ndarray:
+    """Voxel indices (k, j, i) of up to n landmarks on strong edges (top 10 % gradient magnitude) of ``fixed``
+    inside ``ok`` and not in air (HU > -900); for pairs without labels."""
+    fa = sitk.GetArrayViewFromImage(fixed)
+    grad = sitk.GetArrayFromImage(sitk.GradientMagnitudeRecursiveGaussian(fixed, 1.5))
+    ok = ok & (fa > -900)
+    thr = np.percentile(grad[ok], 90) if ok.any() else 0.0
+    cand = np.argwhere(ok & (grad >= thr))
+    if not len(cand):
+        return np.zeros((0, 3), int)
+    sel = rng.choice(len(cand), size=min(n, len(cand)), replace=False)
+    return cand[np.sort(sel)]
+
+
 def _idx_to_points(ref: sitk.Image, kji: np.ndarray) -> np.ndarray:
     D = np.array(ref.GetDirection()).reshape(3, 3)
     S = np.diag(ref.GetSpacing())
@@ -426,13 +440,7 @@ def random_realistic_deformation(image: sitk.Image, labels: sitk.Image | None = 
         kji = _pick_landmarks(lab_arr, overlap, n_landmarks, rng)
     else:
         fixed_labels = lab_u8 = None
-        fa = sitk.GetArrayViewFromImage(fixed)
-        grad = sitk.GetArrayFromImage(sitk.GradientMagnitudeRecursiveGaussian(fixed, 1.5))
-        ok = overlap & (fa > -900)
-        thr = np.percentile(grad[ok], 90) if ok.any() else 0.0
-        cand = np.argwhere(ok & (grad >= thr))
-        sel = rng.choice(len(cand), size=min(n_landmarks, len(cand)), replace=False) if len(cand) else []
-        kji = cand[np.sort(sel)] if len(cand) else np.zeros((0, 3), int)
+        kji = _edge_landmarks(fixed, overlap, n_landmarks, rng)
     p = _idx_to_points(ref, kji)
     q = p + out[kji[:, 0], kji[:, 1], kji[:, 2]] if len(kji) else p.copy()
     info = {"generator": "random_realistic_deformation", "seed": int(seed), "amplitude_mm": float(amplitude_mm),

@@ -25,8 +25,8 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from .deformations import (PairSample, _add_scan_noise, _affine_apply, _euler, _field_image, _grid_points,
-                           _idx_to_points, _inside_grid, _pick_landmarks, _ref_image)
+from .deformations import (PairSample, _add_scan_noise, _affine_apply, _edge_landmarks, _euler, _field_image,
+                           _grid_points, _idx_to_points, _inside_grid, _pick_landmarks, _ref_image)
 
 __all__ = ["longitudinal_pair", "lung_base_z"]
 
@@ -178,13 +178,7 @@ def longitudinal_pair(image: sitk.Image, labels: sitk.Image | None = None, seed:
         kji = _pick_landmarks(sitk.GetArrayViewFromImage(fixed_labels), overlap, n_landmarks, rng)
     else:
         fixed_labels = moving_labels = None
-        fa = sitk.GetArrayViewFromImage(fixed)
-        grad = sitk.GetArrayFromImage(sitk.GradientMagnitudeRecursiveGaussian(fixed, 1.5))
-        ok = overlap & (fa > -900)
-        thr = np.percentile(grad[ok], 90) if ok.any() else 0.0
-        cand = np.argwhere(ok & (grad >= thr))
-        sel = rng.choice(len(cand), size=min(n_landmarks, len(cand)), replace=False) if len(cand) else []
-        kji = cand[np.sort(sel)] if len(cand) else np.zeros((0, 3), int)
+        kji = _edge_landmarks(fixed, overlap, n_landmarks, rng)
     p = _idx_to_points(ref, kji)
     q = p + disp[kji[:, 0], kji[:, 1], kji[:, 2]] if len(kji) else p.copy()
     info = {"generator": "longitudinal_pair", "seed": int(seed),
