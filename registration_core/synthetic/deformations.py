@@ -139,6 +139,16 @@ def _edge_landmarks(fixed: sitk.Image, ok: np.ndarray, n: int, rng) -> np.ndarra
     return cand[np.sort(sel)]
 
 
+def source_ct(image: sitk.Image, labels: sitk.Image | None, what: str) -> sitk.Image:
+    """A single real CT checked for a generator (3D scalar; ``labels`` on its grid) as float32 HU clamped to
+    [-1024, 3071]; ValueError naming ``what`` otherwise."""
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError(f"{what} needs a 3D scalar image")
+    if labels is not None and labels.GetSize() != image.GetSize():
+        raise ValueError(f"labels size {labels.GetSize()} differs from image size {image.GetSize()}")
+    return sitk.Clamp(sitk.Cast(image, sitk.sitkFloat32), sitk.sitkFloat32, -1024.0, 3071.0)
+
+
 def _idx_to_points(ref: sitk.Image, kji: np.ndarray) -> np.ndarray:
     D = np.array(ref.GetDirection()).reshape(3, 3)
     S = np.diag(ref.GetSpacing())
@@ -389,12 +399,8 @@ def random_realistic_deformation(image: sitk.Image, labels: sitk.Image | None = 
     """
     from ..metrics import jacobian_determinant_array
 
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError("random_realistic_deformation needs a 3D scalar image")
-    if labels is not None and labels.GetSize() != image.GetSize():
-        raise ValueError(f"labels size {labels.GetSize()} differs from image size {image.GetSize()}")
+    img = source_ct(image, labels, "random_realistic_deformation")
     rng = np.random.default_rng(seed)
-    img = sitk.Clamp(sitk.Cast(image, sitk.sitkFloat32), sitk.sitkFloat32, -1024.0, 3071.0)
     ref = _ref_image(img.GetSize(), img.GetSpacing(), img.GetOrigin(), img.GetDirection())
     extent = np.array(img.GetSize()) * np.array(img.GetSpacing())
     mesh = [max(1, int(round(e / control_spacing_mm))) for e in extent]

@@ -26,7 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .deformations import (PairSample, _add_scan_noise, _affine_apply, _edge_landmarks, _euler, _field_image,
-                           _grid_points, _idx_to_points, _inside_grid, _pick_landmarks, _ref_image)
+                           _grid_points, _idx_to_points, _inside_grid, _pick_landmarks, _ref_image, source_ct)
 
 __all__ = ["longitudinal_pair", "lung_base_z"]
 
@@ -97,12 +97,8 @@ def longitudinal_pair(image: sitk.Image, labels: sitk.Image | None = None, seed:
     """
     from ..metrics import jacobian_determinant_array
 
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError("longitudinal_pair needs a 3D scalar image")
-    if labels is not None and labels.GetSize() != image.GetSize():
-        raise ValueError(f"labels size {labels.GetSize()} differs from image size {image.GetSize()}")
+    src = source_ct(image, labels, "longitudinal_pair")
     rng = np.random.default_rng(seed)
-    src = sitk.Clamp(sitk.Cast(image, sitk.sitkFloat32), sitk.sitkFloat32, -1024.0, 3071.0)
     size = np.array(src.GetSize())
     sp = np.array(src.GetSpacing())
     nz = int(size[2])
