@@ -76,12 +76,17 @@ def _listener_holders(port: int) -> set[int]:
         if not d.name.isdigit():
             continue
         try:
-            for fd in (d / "fd").iterdir():
-                if os.readlink(fd) in inodes:
-                    holders.add(int(d.name))
-                    break
-        except OSError:
+            fds = list((d / "fd").iterdir())
+        except OSError:  # the process ended, or is not ours to read
             continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:  # this descriptor was closed since the listing (a running service opens and closes many)
+                continue
+            if target in inodes:
+                holders.add(int(d.name))
+                break
     return holders
 
 

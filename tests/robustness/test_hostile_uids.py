@@ -133,7 +133,10 @@ def store(port: int, items, calling: str = "HOSTILE", syntax: str = ExplicitVRLi
         for item in items:
             st = assoc.send_c_store(item)
             out.append(int(st.Status) if st else -1)
-        assert assoc.send_c_echo().Status == 0  # refused instances do not end the association
+        # refused instances do not end the association (checked without a C-ECHO: pynetdicom's requestor drops
+        # a response that races its reactor thread, "Received unexpected C-ECHO service message", and then waits
+        # out its DIMSE timeout; that failed this test once in CI)
+        assert assoc.is_established
     finally:
         assoc.release()
     return out
