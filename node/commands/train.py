@@ -103,6 +103,7 @@ def _parse_ct(spec: str):
 
 def run_cache(args) -> int:
     """Build the cache (resumes: existing samples are kept)."""
+    from dicom_io import read_series
     from registration_core.train import default_cache_spec
     from registration_core.training.data import CacheSpec, build_cache
 
@@ -114,7 +115,8 @@ def run_cache(args) -> int:
         spec = CacheSpec(synthetic=tuple(range(args.synthetic if args.synthetic is not None else 16)),
                          single_ct=tuple(_parse_ct(s) for s in args.ct), pairs=args.pairs)
     spec.spacing = float(args.spacing)
-    man = build_cache(spec, args.out, log=lambda s: print(s, flush=True))
+    man = build_cache(spec, args.out, log=lambda s: print(s, flush=True),
+                      read_volume=lambda folder: read_series(folder).image)  # DICOM series folders
     print(f"cache ready: {len(man['samples'])} samples in {args.out}")
     return 0
 

@@ -17,7 +17,8 @@ A *sample* is what the engine feeds the network (see ``engine.register`` step 3-
   to map a prediction back to millimetres for TRE.
 
 Samples are saved as uncompressed ``.npz`` (a few MB each) in a cache folder (``var/train_cache/`` by default,
-git-ignored) so the training loop never touches DICOM/NIfTI or the phantom renderer.
+git-ignored) so the training loop never touches DICOM/NIfTI or the phantom renderer. Series folders (DICOM) are read
+through a ``read_volume`` callable the caller passes (the node's ``totalreg train cache`` passes its DICOM reader).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -243,14 +245,17 @@ def self_supervised_sample(image: sitk.Image, seed: int, labels: sitk.Image | No
                         name=f"{name}_seed{seed}")
 
 
-def _read_any(path: Path, what: str) -> sitk.Image:
-    """NIfTI/MHA/NRRD file or a DICOM series folder (dicom_io, imported only when needed)."""
+#: reads a series folder (e.g. DICOM) into a HU image; the caller supplies it (this package knows no DICOM)
+VolumeReader = Callable[[Path], sitk.Image]
+
+
+def _read_any(path: Path, what: str, read_volume: VolumeReader | None = None) -> sitk.Image:
+    """Image file (NIfTI/MHA/NRRD, :func:`registration_core.io.read_image`) or a series folder read by
+    ``read_volume`` (path -> ``sitk.Image`` in HU, LPS mm; e.g. the node passes its DICOM series reader)."""
     if path.is_dir():
-        try:
-            from dicom_io import read_series
-        except ImportError as exc:  # pragma: no cover - dicom_io ships with the project
-            raise ValueError(f"{what} {path} is a folder but DICOM support is unavailable ({exc})") from None
-        return read_series(path).image
+        if read_volume is None:
+            raise ValueError(f"{what} {path} is a folder but no series reader was given (pass read_volume)")
+        return read_volume(path)
     from ..io import read_image
 
     return read_image(path, what)
@@ -264,11 +269,13 @@ def _find(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def folder_pair_samples(folder: str | Path, spacing: float = 4.0, seed: int = 0) -> list[dict]:
-    """Samples from a folder of pairs: each sub-folder holds ``fixed`` and ``moving`` (an image file or a DICOM
-    series folder), optionally ``fixed_labels`` / ``moving_labels`` (multi-label maps) and ``classmap.json``
-    (``{id: name}``; TotalSegmentator names; without it, labels are taken as the phantom's ids). No field target:
-    these pairs train through similarity, region Dice and smoothness only."""
+def folder_pair_samples(folder: str | Path, spacing: float = 4.0, seed: int = 0,
+                        read_volume: VolumeReader | None = None) -> list[dict]:
+    """Samples from a folder of pairs: each sub-folder holds ``fixed`` and ``moving`` (an image file or a series
+    folder read by ``read_volume``), optionally ``fixed_labels`` / ``moving_labels`` (multi-label maps) and
+    ``classmap.json`` (``{id: name}``; TotalSegmentator names; without it, labels are taken as the phantom's ids).
+    ``spacing``: working grid in mm. No field target: these pairs train through similarity, region Dice and
+    smoothness only."""
     root = Path(folder)
     if not root.is_dir():
         raise ValueError(f"pairs folder not found: {root}")
@@ -280,9 +287,10 @@ def folder_pair_samples(folder: str | Path, spacing: float = 4.0, seed: int = 0)
         fl, ml = _find(sub, "fixed_labels"), _find(sub, "moving_labels")
         cm = sub / "classmap.json" if (sub / "classmap.json").is_file() else root / "classmap.json"
         lut = lut_from_names(load_classmap(cm)) if cm.is_file() else phantom_lut()
-        out.append(build_sample(_read_any(fx, "fixed image"), _read_any(mv, "moving image"),
-                                fixed_labels=_read_any(fl, "fixed labels") if fl else None,
-                                moving_labels=_read_any(ml, "moving labels") if ml else None,
+        out.append(build_sample(_read_any(fx, "fixed image", read_volume),
+                                _read_any(mv, "moving image", read_volume),
+                                fixed_labels=_read_any(fl, "fixed labels", read_volume) if fl else None,
+                                moving_labels=_read_any(ml, "moving labels", read_volume) if ml else None,
                                 lut=lut if (fl or ml) else None, rng=np.random.default_rng(seed + i),
                                 spacing=spacing, kind="pair", name=sub.name))
     return out
@@ -322,9 +330,12 @@ def load_sample(path: Path) -> dict:
         return {k: z[k] for k in z.files}
 
 
-def build_cache(spec: CacheSpec, out: str | Path, log=print) -> dict:
+def build_cache(spec: CacheSpec, out: str | Path, log=print, read_volume: VolumeReader | None = None) -> dict:
     """Generate every sample of ``spec`` into ``out/train/*.npz`` and ``out/val/*.npz`` (existing files kept,
-    so an interrupted build resumes). Returns the manifest (also written to ``out/manifest.json``)."""
+    so an interrupted build resumes). Returns the manifest (also written to ``out/manifest.json``).
+
+    ``read_volume`` reads a source given as a folder (path -> ``sitk.Image`` in HU, LPS mm), e.g. a DICOM series
+    read by the node; files (NIfTI/MHA/NRRD) need none."""
     out = Path(out)
     jobs = []
     for s in spec.synthetic:
@@ -337,8 +348,8 @@ def build_cache(spec: CacheSpec, out: str | Path, log=print) -> dict:
             stem = Path(path).name.split(".")[0]
             for v in range(int(n)):
                 def job(path=path, lab_path=lab_path, cmap=cmap, v=v, stem=stem, base=base):
-                    img = _read_any(Path(path), "CT")
-                    lab = _read_any(Path(lab_path), "labels") if lab_path else None
+                    img = _read_any(Path(path), "CT", read_volume)
+                    lab = _read_any(Path(lab_path), "labels", read_volume) if lab_path else None
                     lut = lut_from_names(load_classmap(cmap)) if cmap else (phantom_lut() if lab else None)
                     return self_supervised_sample(img, base + 17 * v + 1, lab, lut, spec.spacing, stem)
                 jobs.append((split, f"ss_{stem}_{v:03d}", job))
@@ -351,7 +362,7 @@ def build_cache(spec: CacheSpec, out: str | Path, log=print) -> dict:
             log(f"cache: {split}/{name} ({time.perf_counter() - t:.1f} s)")
         done.append(f"{split}/{name}.npz")
     if spec.pairs:
-        for i, smp in enumerate(folder_pair_samples(spec.pairs, spec.spacing)):
+        for i, smp in enumerate(folder_pair_samples(spec.pairs, spec.spacing, read_volume=read_volume)):
             p = out / "train" / f"pair_{i:03d}.npz"
             save_sample(smp, p)
             done.append(f"train/{p.name}")
