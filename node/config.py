@@ -191,8 +191,8 @@ class RuleMatch(_Strict):
     @field_validator("StudyDescription", "SeriesDescription")
     @classmethod
     def _regex(cls, v: str | None, info: ValidationInfo) -> str | None:
-        """The pattern must suit RE2 (node.rule_patterns: linear time; no backreferences or lookaround)."""
-        from node.rule_patterns import PatternError, check_pattern
+        """The pattern must suit RE2 (node.route.rule_patterns: linear time; no backreferences or lookaround)."""
+        from node.route.rule_patterns import PatternError, check_pattern
         if v is not None:
             try:
                 check_pattern(v)

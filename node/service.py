@@ -10,15 +10,15 @@ import logging
 import threading
 from pathlib import Path
 
-from .assembly import Assembler
-from .db import Database, open_database
-from .dispatcher import Dispatcher, requeue_orphan_sends
-from .jobs import release_owned, requeue_orphans, worker_name
-from .processor import Worker
-from .receiver import Receiver, reindex_spool
-from .receiver_child import ReceiverChildren, receiver_process_count
-from .shared_listener import ReceiverLoad, bind_listener, stop_accepting
-from .spool import Spool
+from node.route.assembly import Assembler
+from node.store.db import Database, open_database
+from node.dispatch.dispatcher import Dispatcher, requeue_orphan_sends
+from node.store.queue import release_owned, requeue_orphans, worker_name
+from node.work.worker import Worker
+from node.receive.receiver import Receiver, reindex_spool
+from node.receive.receiver_child import ReceiverChildren, receiver_process_count
+from node.receive.shared_listener import ReceiverLoad, bind_listener, stop_accepting
+from node.receive.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class NodeService:
         self.threads: list[threading.Thread] = []
         self._uvicorn = None
         self._listen = None  # the listening socket shared by several receiver processes
-        self._load = None  # their load table (node.shared_listener.ReceiverLoad)
+        self._load = None  # their load table (node.receive.shared_listener.ReceiverLoad)
 
     def _thread(self, name: str, target) -> None:
         t = threading.Thread(target=target, args=(self.stop_event,), name=name, daemon=True)
@@ -83,7 +83,7 @@ class NodeService:
                     raise RuntimeError(f"cannot listen on {n.host}:{n.port}: {exc}") from None
                 load = ReceiverLoad.create(n_proc)
                 self._listen, self._load = listen, load
-                from node import metrics
+                from node.ops import metrics
                 metrics.count_other_receivers(lambda: load.received(exclude_slot=0))
                 self.receiver_children = ReceiverChildren(self.cfg, n_proc - 1, listen_fd=listen.fileno(),
                                                           load=load)
@@ -118,7 +118,7 @@ class NodeService:
             self._listen.close()
             self._listen = None
         if self._load is not None:
-            from node import metrics
+            from node.ops import metrics
             metrics.count_other_receivers(None)
             self._load.close(unlink=True)
             self._load = None

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import yaml
 
-    from node import dimse
+    from node.net import dimse
     from node.commands.demo import EmbeddedOrthanc, NodeProcess, free_port, node_yaml, wait_for_delivery
     from node.config import load_config
 

@@ -36,7 +36,7 @@ def _read_password() -> str:
 
 def run(args) -> int:
     """Set the password; returns the exit status (2 with a plain message for an unknown user or short password)."""
-    from node.db import open_database
+    from node.store.db import open_database
     from node.web import auth, security
 
     cfg = load_config(args.config)

@@ -134,7 +134,7 @@ class NodeProcess:
 
     def start(self, timeout_s: float = 60.0) -> "NodeProcess":
         """Start the node and wait for its DICOM listener."""
-        from node import dimse
+        from node.net import dimse
 
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(self.log_path, "ab") as log:
@@ -268,7 +268,7 @@ def wait_for_delivery(db_url: str, study_uid: str, timeout_s: float, proc: subpr
     Returns a dict with the first job's id, state, outcome, reason, result_dir, qc_png, timings and the sends."""
     from sqlalchemy import select
 
-    from node.db import JOB_TERMINAL, SEND_DEAD, SEND_DONE, Database, Job, Send
+    from node.store.db import JOB_TERMINAL, SEND_DEAD, SEND_DONE, Database, Job, Send
 
     db = Database(db_url, create=False)
     try:
@@ -301,7 +301,7 @@ def run(args) -> int:
     """Run the demo; returns 0 when the results were delivered."""
     import logging
 
-    from node import dimse
+    from node.net import dimse
 
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

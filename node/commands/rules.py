@@ -62,7 +62,7 @@ def _check(path: Path) -> int:
 
 
 def _folder_summary(folder: Path):
-    from node.priors import summary_from_files
+    from node.priors.choice import summary_from_files
 
     files = [p for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")]
     if not files:
@@ -74,7 +74,7 @@ def _folder_summary(folder: Path):
 
 
 def _dry_run(args) -> int:
-    from node.rules import dry_run
+    from node.route.rules import dry_run
 
     cfg = load_config(args.config)
     candidates = [_folder_summary(p) for p in args.prior]
@@ -91,8 +91,8 @@ def _dry_run(args) -> int:
 
 
 def _db_study(cfg, uid: str):
-    from node import index
-    from node.db import open_database
+    from node.receive import index
+    from node.store.db import open_database
 
     if not cfg.node.database and not (cfg.node.data_dir / "node.db").exists():
         raise ConfigError(f"no node database at {cfg.node.data_dir / 'node.db'}: give --config of the running node, "
@@ -109,8 +109,8 @@ def _db_study(cfg, uid: str):
 
 
 def _db_candidates(cfg, study, must_exist: bool):
-    from node import index
-    from node.db import open_database
+    from node.receive import index
+    from node.store.db import open_database
 
     if not must_exist and not (cfg.node.database or (cfg.node.data_dir / "node.db").exists()):
         return []

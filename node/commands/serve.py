@@ -30,7 +30,7 @@ def _install_signals(service) -> None:
 
 def run(args) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code."""
-    from node.logging_setup import configure
+    from node.ops.logging_setup import configure
     from node.service import NodeService
 
     os.umask(0o077)  # spool, database, results and logs hold patient data: owner-only

@@ -25,7 +25,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     """Run workers until SIGTERM/SIGINT; returns the exit code."""
-    from node.logging_setup import configure
+    from node.ops.logging_setup import configure
     from node.service import NodeService
 
     os.umask(0o077)  # spool, database, results and logs hold patient data: owner-only

@@ -1,7 +1,7 @@
 """Web console, REST API and Prometheus metrics of the node (FastAPI + Jinja2).
 
 ``from node.web import create_app, serve_in_thread`` — see :mod:`node.web.app`. Loaded lazily, so that workers can
-use :mod:`node.web.rules_store` (the rules in force) without importing FastAPI.
+use :mod:`node.route.rules_store` (the rules in force) without importing FastAPI.
 """
 from __future__ import annotations
 

@@ -1,15 +1,17 @@
 """What an admin can do to a job from the console or the API: retry, cancel, re-send its results.
 
-Thin wrappers over the queue's own functions (``node.jobs.retry`` / ``node.jobs.cancel``,
-``node.dispatcher.resend``) that commit, and turn "not possible" into :class:`ActionError` with a plain message
+Thin wrappers over the queue's own functions (``node.store.queue.retry`` / ``node.store.queue.cancel``,
+``node.dispatch.dispatcher.resend``) that commit, and turn "not possible" into :class:`ActionError` with a plain message
 (HTTP 409; 404 for an unknown job). Each action leaves an audit event naming who did it.
 """
 from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from node import dispatcher, jobs
-from node.db import JOB_DONE, OUTCOME_REGISTERED, Job
+from node.dispatch import dispatcher
+
+from node.store import queue as jobs
+from node.store.db import JOB_DONE, OUTCOME_REGISTERED, Job
 
 
 class ActionError(ValueError):

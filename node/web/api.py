@@ -13,9 +13,11 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from node.config import ConfigError
-from node.db import JOB_STATES
+from node.store.db import JOB_STATES
 
-from . import actions, auth, queries, rules_store
+from . import actions, auth, queries
+
+from node.route import rules_store
 from .deps import MAX_OFFSET, DbId, api_admin, api_user, ctx, db
 from .dryrun import run_dry
 from .pages import change_own_password, qc_png_path

@@ -20,10 +20,12 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from node import metrics
+from node.ops import metrics
 from node.config import NodeConfig
 
-from . import auth, models, queries
+from . import auth, queries
+
+from node.store import console as models
 from .deps import Context, LoginRequired
 from .sessions import ConsoleSessions
 from .system import disk
@@ -33,7 +35,7 @@ PKG = Path(__file__).resolve().parents[1]
 
 
 def _session_maker(session_factory) -> Callable[[], Session]:
-    """Accept a ``node.db.Database`` (uses ``new_session``) or any callable returning a Session."""
+    """Accept a ``node.store.db.Database`` (uses ``new_session``) or any callable returning a Session."""
     return session_factory.new_session if hasattr(session_factory, "new_session") else session_factory
 
 
@@ -58,7 +60,7 @@ def create_app(cfg: NodeConfig, session_factory, *, data_dir: str | Path | None 
                show_password: Callable[[str], bool] | None = None) -> FastAPI:
     """The console + API app.
 
-    ``session_factory``: a ``node.db.Database`` or a callable returning SQLAlchemy Sessions of the node database.
+    ``session_factory``: a ``node.store.db.Database`` or a callable returning SQLAlchemy Sessions of the node database.
     ``data_dir``: the node's data folder (spool, secrets; default ``cfg.node.data_dir``). ``receiver_alive``: a
     callable telling whether the DICOM receiver thread is alive (reported by /healthz when given).
     ``https_only``: mark the session cookie Secure on every response (like ``web.secure_cookies``; https requests
@@ -93,9 +95,10 @@ def create_app(cfg: NodeConfig, session_factory, *, data_dir: str | Path | None 
     app.add_middleware(BodyLimit)  # outermost: an oversized body is refused before anything reads it
     app.mount("/static", StaticFiles(directory=str(PKG / "static")), name="static")
 
-    from . import api, pages
+    from . import api, pages, viewer
     app.include_router(pages.router)
     app.include_router(api.router)
+    app.include_router(viewer.router)
 
     @app.middleware("http")
     async def _headers(request: Request, call_next):

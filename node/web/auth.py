@@ -26,10 +26,10 @@ from fastapi import HTTPException, Request
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from node.db import utcnow
+from node.store.db import utcnow
 
 from . import security
-from .models import ApiToken, ConsoleSession, ConsoleUser
+from node.store.console import ApiToken, ConsoleSession, ConsoleUser
 
 log = logging.getLogger(__name__)
 ROLES = ("admin", "viewer")

@@ -1,6 +1,6 @@
 """Dry run of (possibly unsaved) routing rules against a received study: which rule, which series, which prior.
 
-Uses ``node.rules.dry_run`` with the study and the patient's other local studies from ``node.index``; no network
+Uses ``node.route.rules.dry_run`` with the study and the patient's other local studies from ``node.receive.index``; no network
 (the PACS is not queried) and nothing is retrieved or queued.
 """
 from __future__ import annotations
@@ -19,8 +19,8 @@ def run_dry(cfg: NodeConfig, rules: list[Rule], session: Session, study_uid: str
     if not study_uid:
         return None, "Choose a received study for the dry run."
     try:
-        from node import index
-        from node.rules import dry_run
+        from node.receive import index
+        from node.route.rules import dry_run
     except ImportError as exc:
         return None, f"Dry run is not available in this installation ({exc.name} is missing)."
     study = index.study_summary(session, study_uid, with_paths=True)

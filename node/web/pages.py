@@ -14,12 +14,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from node.config import ConfigError
-from node.db import JOB_STATES
+from node.store.db import JOB_STATES
 
-from . import actions, auth, queries, rules_store
+from . import actions, auth, queries
+
+from node.route import rules_store
 from .deps import MAX_OFFSET, Context, DbId, ctx, db, page_admin, page_user
 from .dryrun import run_dry
-from .models import ApiToken, ConsoleUser
+from node.store.console import ApiToken, ConsoleUser
 from .system import check_peer, compute_device, disk, peers
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from node.config import QcThresholds
-from node.db import JOB_QUEUED, JOB_STATES, Event, Job, JobRun, Send, Study, utcnow
+from node.store.db import JOB_QUEUED, JOB_STATES, Event, Job, JobRun, Send, Study, utcnow
 
 _QC_KEYS = {
     "similarity_before": ("similarity_before", "similarity.before", "similarity.identity", "lncc_before", "ncc_before"),

@@ -33,10 +33,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.requests import HTTPConnection
 
-from node.db import utcnow
+from node.store.db import utcnow
 
 from . import auth, security
-from .models import ConsoleSession, ConsoleUser
+from node.store.console import ConsoleSession, ConsoleUser
 
 log = logging.getLogger(__name__)
 COOKIE = "totalreg_session"

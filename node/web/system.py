@@ -1,6 +1,6 @@
 """Node health facts for the dashboard and /healthz: compute device, spool disk, peer reachability.
 
-Peers are the configured destinations and PACS. DICOM peers are checked with a C-ECHO (``node.dimse.echo``);
+Peers are the configured destinations and PACS. DICOM peers are checked with a C-ECHO (``node.net.dimse.echo``);
 DICOMweb / Orthanc destinations with an HTTP GET of their URL; folder destinations by checking the folder is
 writable. Results are plain words.
 """
@@ -92,7 +92,7 @@ def check_peer(cfg: NodeConfig, kind: str, name: str, timeout_s: float = 5.0) ->
 
 
 def _echo(cfg: NodeConfig, ae_title: str, host: str, port: int, name: str, timeout_s: float) -> tuple[bool, str]:
-    from node.dimse import DimseError, Peer, echo, status_text
+    from node.net.dimse import DimseError, Peer, echo, status_text
     try:
         status = echo(Peer(ae_title, host, port, name), cfg.node.ae_title, timeout_s=timeout_s)
     except DimseError as exc:

@@ -187,7 +187,7 @@ def storescu(port: int, files: list[Path], ae_title: str = "TOTALREG", calling: 
 
 def _pg_reachable(url: str) -> bool:
     import sqlalchemy as sa
-    from node.db import make_engine
+    from node.store.db import make_engine
     try:
         eng = make_engine(url)
         with eng.connect() as c:
@@ -201,7 +201,7 @@ def _pg_reachable(url: str) -> bool:
 @pytest.fixture
 def pg_schema_url(pg_url):
     """A PostgreSQL URL bound (search_path) to a fresh schema, dropped after the test."""
-    from node.db import make_engine
+    from node.store.db import make_engine
     if not _pg_reachable(pg_url):
         require(f"PostgreSQL not reachable at {pg_url}")
     schema = f"tr_test_{uuid.uuid4().hex[:10]}"

@@ -8,10 +8,10 @@ import pytest
 from sqlalchemy import select
 
 from conftest import make_series
-from node.assembly import Assembler, reroute
-from node.db import STUDY_COMPLETE, STUDY_RECEIVING, Database, Event, Job, Study, utcnow
-from node.index import expect_retrieved_study, series_paths, studies_for_patient, study_summary
-from node.receiver import STATUS_OK, ingest
+from node.route.assembly import Assembler, reroute
+from node.store.db import STUDY_COMPLETE, STUDY_RECEIVING, Database, Event, Job, Study, utcnow
+from node.receive.index import expect_retrieved_study, series_paths, studies_for_patient, study_summary
+from node.receive.receiver import STATUS_OK, ingest
 from node.service import make_spool
 
 

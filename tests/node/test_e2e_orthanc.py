@@ -19,7 +19,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from node import dimse
+from node.net import dimse
 from node.commands.demo import synthetic_pair, wait_for_delivery
 from orthanc_server import OrthancServer, orthanc, orthanc_available  # noqa: F401 - fixture
 from tools import dciodvfy, dcmtk, free_port
@@ -59,13 +59,13 @@ def _storescu(port: int, files: list[Path], calling: str = "STORESCU") -> None:
 
 
 def _db(cfg):
-    from node.db import Database
+    from node.store.db import Database
 
     return Database(cfg.node.database_url(), create=False)
 
 
 def _jobs(cfg, study_uid: str):
-    from node.db import Job, Send
+    from node.store.db import Job, Send
 
     db = _db(cfg)
     try:
@@ -118,7 +118,7 @@ def _check_results_in_orthanc(orthanc: OrthancServer, study_uid: str, patient_id
 
 def _quiet_to_results_s(cfg, study_uid: str) -> float:
     """Seconds from the end of the study's quiet period to the last acknowledged send (from the node database)."""
-    from node.db import Study
+    from node.store.db import Study
 
     jobs, sends = _jobs(cfg, study_uid)
     db = _db(cfg)
@@ -171,8 +171,8 @@ def test_e2e_prior_moved_from_orthanc_results_in_current_study(orthanc, node_con
 def test_e2e_local_prior_no_pacs_destination_down_then_resent(orthanc, node_config, node_proc, tmp_path):
     """Prior already received, no PACS configured; the destination is down: retries, dead, files kept; an admin
     re-send after the destination came up delivers everything."""
-    from node.db import SEND_DEAD
-    from node.dispatcher import resend
+    from node.store.db import SEND_DEAD
+    from node.dispatch.dispatcher import resend
 
     data = _write_pair(tmp_path, "E2E-2", "Beta^Bob", seed=12)
     down_port = free_port()

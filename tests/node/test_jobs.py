@@ -7,9 +7,9 @@ import threading
 import pytest
 from sqlalchemy import select
 
-from node import jobs
+from node.store import queue as jobs
 from node.config import RetrySettings
-from node.db import JOB_DEAD, JOB_DONE, JOB_FAILED, JOB_QUEUED, JOB_RUNNING, Database, Job, JobRun, utcnow
+from node.store.db import JOB_DEAD, JOB_DONE, JOB_FAILED, JOB_QUEUED, JOB_RUNNING, Database, Job, JobRun, utcnow
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

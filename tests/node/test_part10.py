@@ -1,4 +1,4 @@
-"""The receiver's Part 10 framing (node.part10) and pynetdicom reactor wake-ups (node.reactor_wakeup): the file
+"""The receiver's Part 10 framing (node.receive.part10) and pynetdicom reactor wake-ups (node.receive.reactor_wakeup): the file
 meta is byte-for-byte what pydicom writes, the spooled file holds the data set exactly as sent, malformed data sets
 are refused at the door, and the patched reactors still serve C-ECHO/C-STORE and releases."""
 from __future__ import annotations
@@ -21,11 +21,11 @@ from pynetdicom.sop_class import Verification
 from sqlalchemy import select
 
 from conftest import make_series
-from node import reactor_wakeup
-from node.db import Database, Instance
-from node.index import INDEXED_KEYWORDS
-from node.part10 import PREAMBLE, file_meta_bytes, read_header
-from node.receiver import Receiver
+from node.receive import reactor_wakeup
+from node.store.db import Database, Instance
+from node.receive.index import INDEXED_KEYWORDS
+from node.receive.part10 import PREAMBLE, file_meta_bytes, read_header
+from node.receive.receiver import Receiver
 from node.service import make_spool
 
 
@@ -91,9 +91,9 @@ def _deflated(raw: bytes) -> bytes:
 
 
 def test_deflated_data_sets_are_walked_as_they_are_inflated(tmp_path):
-    """A deflated data set's element structure is checked like any other (node.part10.check_complete, and
+    """A deflated data set's element structure is checked like any other (node.receive.part10.check_complete, and
     read_header in its one pass), its pixel data skipped by Inflater.skip without being kept."""
-    from node.part10 import Inflater, IncompleteDataset, check_complete
+    from node.receive.part10 import Inflater, IncompleteDataset, check_complete
     path = make_series(tmp_path, n_slices=1, size=16)[0]
     raw = _dataset_bytes(path, ExplicitVRLittleEndian)
     pixels_at = raw.rfind(b"\xe0\x7f\x10\x00")
@@ -159,7 +159,7 @@ def test_spooled_file_is_the_sent_data_set_with_our_file_meta(node_config, tmp_p
 
 
 def test_is_complete_finds_files_cut_short(tmp_path):
-    from node.part10 import is_complete
+    from node.receive.part10 import is_complete
     raw = make_series(tmp_path, n_slices=1, size=32)[0].read_bytes()
     assert is_complete(dcmread(BytesIO(raw)), raw)
     for cut in (len(raw) - 1, len(raw) - 700, 650, 200):  # inside the pixels, at header boundaries, in the meta

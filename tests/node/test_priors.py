@@ -9,8 +9,8 @@ from pydicom import dcmread
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from node.config import NodeConfig, PacsConfig, Rule
-from node.priors import FolderSink, choose, find_priors, summary_from_files
-from node.study import PatientIdentity, SeriesSummary, StudySummary
+from node.priors.choice import FolderSink, choose, find_priors, summary_from_files
+from node.store.study import PatientIdentity, SeriesSummary, StudySummary
 from orthanc_server import orthanc, small_ct_study  # noqa: F401 - fixture
 from tools import free_port
 

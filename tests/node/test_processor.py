@@ -8,13 +8,13 @@ from pydicom import dcmread
 from sqlalchemy import select
 
 from conftest import make_series
-from node import jobs
-from node.assembly import Assembler
-from node.db import (JOB_DEAD, JOB_DONE, JOB_FAILED, SEND_DEAD, SEND_DONE, SEND_QUEUED, Database, Event, Job,
+from node.store import queue as jobs
+from node.route.assembly import Assembler
+from node.store.db import (JOB_DEAD, JOB_DONE, JOB_FAILED, SEND_DEAD, SEND_DONE, SEND_QUEUED, Database, Event, Job,
                      JobRun, Send, utcnow)
-from node.dispatcher import Dispatcher, job_delivery, resend
-from node.processor import Worker, result_files
-from node.receiver import STATUS_OK, ingest
+from node.dispatch.dispatcher import Dispatcher, job_delivery, resend
+from node.work.worker import Worker, result_files
+from node.receive.receiver import STATUS_OK, ingest
 from node.service import make_spool
 from tools import free_port
 

@@ -16,13 +16,13 @@ from pynetdicom.sop_class import CTImageStorage
 from sqlalchemy import func, select
 
 from conftest import echo_ok, make_series, storescu
-from node.db import Database, Instance, Series, Study
+from node.store.db import Database, Instance, Series, Study
 
 STUDIES = ("1.2.826.0.1.3680043.67.1", "1.2.826.0.1.3680043.67.2")
 
 
 def _receiver_children(parent: int) -> list[int]:
-    """Live (not zombie) processes whose parent is ``parent`` and that run node.receiver_child."""
+    """Live (not zombie) processes whose parent is ``parent`` and that run node.receive.receiver_child."""
     out = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
@@ -33,7 +33,7 @@ def _receiver_children(parent: int) -> list[int]:
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == parent and fields[0] != "Z" and b"node.receiver_child" in cmd:
+        if int(fields[1]) == parent and fields[0] != "Z" and b"node.receive.receiver_child" in cmd:
             out.append(int(d.name))
     return out
 
@@ -194,8 +194,8 @@ def test_service_reports_dead_child_restarts_it_and_stops_children(node_config):
 
 def test_receiver_child_ignores_a_node_folder_in_the_working_directory(node_config, tmp_path, monkeypatch):
     """A node started in a folder that holds a data folder called node/ (with spool/ inside - the demo's layout)
-    still starts its receiver children: they run `python -P -m node.receiver_child`, so the working directory
-    cannot shadow the package (it did: "cannot import name 'Spool' from 'node.spool'")."""
+    still starts its receiver children: they run `python -P -m node.receive.receiver_child`, so the working directory
+    cannot shadow the package (it did: "cannot import name 'Spool' from 'node.receive.spool'")."""
     from node.service import NodeService
     work = tmp_path / "work"
     (work / "node" / "spool").mkdir(parents=True)
@@ -211,7 +211,7 @@ def test_receiver_child_ignores_a_node_folder_in_the_working_directory(node_conf
 
 
 def _received_metric() -> float:
-    from node import metrics
+    from node.ops import metrics
     for line in metrics.render().decode().splitlines():
         if line.startswith("totalreg_instances_received_total "):
             return float(line.split()[1])

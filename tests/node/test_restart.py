@@ -14,8 +14,8 @@ from sqlalchemy import select
 import pytest
 
 from conftest import make_series, storescu
-from node import jobs
-from node.db import JOB_DONE, JOB_RUNNING, SEND_DONE, Database, Instance, Job, JobRun, Send, Study
+from node.store import queue as jobs
+from node.store.db import JOB_DONE, JOB_RUNNING, SEND_DONE, Database, Instance, Job, JobRun, Send, Study
 
 CUR_STUDY, PRIOR_STUDY = "1.2.826.0.1.3680043.66.1", "1.2.826.0.1.3680043.66.2"
 

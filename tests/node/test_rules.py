@@ -6,8 +6,8 @@ from datetime import date
 import pytest
 
 from node.config import ConfigError, NodeConfig, Rule, parse_config, parse_rules
-from node.rules import dry_run, explain_no_route, match_rule, pick_series, route_study
-from node.study import PatientIdentity, SeriesSummary, StudySummary
+from node.route.rules import dry_run, explain_no_route, match_rule, pick_series, route_study
+from node.store.study import PatientIdentity, SeriesSummary, StudySummary
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 

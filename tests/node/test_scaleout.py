@@ -12,8 +12,8 @@ from collections import Counter
 import pytest
 from sqlalchemy import select
 
-from node import jobs
-from node.db import JOB_DONE, JOB_RUNNING, Database, Job, JobRun
+from node.store import queue as jobs
+from node.store.db import JOB_DONE, JOB_RUNNING, Database, Job, JobRun
 
 pytestmark = pytest.mark.postgres
 

@@ -8,7 +8,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage
 
 from node.config import DestinationConfig
-from node.senders import SendError, send
+from node.dispatch.senders import SendError, send
 from orthanc_server import orthanc, small_ct_study  # noqa: F401 - fixture
 from tools import free_port
 

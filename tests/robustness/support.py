@@ -273,15 +273,15 @@ class RecordingSCP:
 # ------------------------------------------------------------------------------------------ node inventory
 
 def db_of(cfg):
-    """A :class:`node.db.Database` on the node's database (the caller disposes it)."""
-    from node.db import Database
+    """A :class:`node.store.db.Database` on the node's database (the caller disposes it)."""
+    from node.store.db import Database
     return Database(cfg.node.database_url())
 
 
 def held_instances(db) -> dict[str, str]:
     """SOPInstanceUID -> spool path of every indexed instance."""
     from sqlalchemy import select
-    from node.db import Instance
+    from node.store.db import Instance
     with db.session() as s:
         return {uid: path for uid, path in s.execute(select(Instance.sop_instance_uid, Instance.path))}
 

@@ -33,7 +33,7 @@ def _restamp(files: list[Path], every_other: bool = False, **values) -> None:
 
 
 def test_inconsistent_studies_fail_with_plain_reasons_and_nothing_is_sent(tmp_path):
-    from node.db import JOB_TERMINAL, Instance, Job, Send
+    from node.store.db import JOB_TERMINAL, Instance, Job, Send
     cfg, path = nodefx.write_node_config(
         tmp_path, rules=[{"name": "ct-followup", "send_to": ["local"],
                           "registration": {"device": "cpu", "iterations": 1}}],

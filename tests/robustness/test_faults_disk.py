@@ -43,8 +43,8 @@ def small_spool(tmp_path):
 
 
 def test_spool_disk_full_answers_out_of_resources_and_recovers(small_spool, tmp_path):
-    from node.db import Database, Instance
-    from node.receiver import Receiver
+    from node.store.db import Database, Instance
+    from node.receive.receiver import Receiver
     from node.service import make_spool
     spool_dir, mounted = small_spool
     cfg, _ = nodefx.write_node_config(tmp_path, node={"min_free_disk_mb": 0})

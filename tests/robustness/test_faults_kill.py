@@ -36,7 +36,7 @@ STREAM_PAUSE_S = 0.08
 
 def _add_delivery(db, tmp: Path, cycle: int, dest: str) -> tuple[int, list[str]]:
     """A finished job with result files and a queued send to ``dest`` (as the worker leaves it). (send id, UIDs)"""
-    from node.db import JOB_DONE, Job, Send, utcnow
+    from node.store.db import JOB_DONE, Job, Send, utcnow
     res_dir = tmp / f"results-{cycle}"
     files = make_result_files(res_dir / "dicom", RESULT_FILES, seed=100 + cycle)
     uids = [str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
@@ -53,7 +53,7 @@ def _add_delivery(db, tmp: Path, cycle: int, dest: str) -> tuple[int, list[str]]
 
 
 def _add_sleep_job(db, cycle: int, log: Path) -> int:
-    from node import jobs
+    from node.store import queue as jobs
     with db.session() as s:
         job, _ = jobs.enqueue(s, kind="sleep", current_series_uid=f"sleep-{cycle}", rule_name="robust",
                               params={"seconds": SLEEP_S, "log": str(log)}, max_attempts=50)
@@ -62,7 +62,7 @@ def _add_sleep_job(db, cycle: int, log: Path) -> int:
 
 def run_kill_cycles(tmp: Path, n_cycles: int, register_every: int = 0) -> dict:
     """The cycle engine (see module docstring); returns the figures."""
-    from node.db import JOB_RUNNING, JOB_TERMINAL, SEND_DONE, SEND_SENDING, Event, Job, JobRun, Send
+    from node.store.db import JOB_RUNNING, JOB_TERMINAL, SEND_DONE, SEND_SENDING, Event, Job, JobRun, Send
     scp = RecordingSCP("SLOWDEST", delay_s=SEND_DELAY_S).start()
     cfg, path = nodefx.write_node_config(
         tmp,

@@ -32,7 +32,7 @@ def _orthanc_sop_uids(orthanc: OrthancServer) -> set[str]:
 
 
 def test_pacs_down_during_send_retries_then_delivers(tmp_path):
-    from node.db import JOB_DONE, SEND_DONE, Job, Send, utcnow
+    from node.store.db import JOB_DONE, SEND_DONE, Job, Send, utcnow
     orthanc = OrthancServer(tmp_path / "orthanc")  # ports chosen, not started: the PACS is down
     cfg, path = nodefx.write_node_config(
         tmp_path,
@@ -84,7 +84,7 @@ def test_pacs_down_during_send_retries_then_delivers(tmp_path):
 
 
 def test_pacs_down_during_prior_retrieval_retries_then_registers(tmp_path):
-    from node.db import JOB_DONE, JOB_QUEUED, Job, JobRun
+    from node.store.db import JOB_DONE, JOB_QUEUED, Job, JobRun
     orthanc = OrthancServer(tmp_path / "orthanc")
     cfg, path = nodefx.write_node_config(
         tmp_path,

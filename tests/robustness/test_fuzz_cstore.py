@@ -52,7 +52,7 @@ class FuzzTarget:
         self.failures: dict[str, str] = {}  # kind -> first example
 
     def count(self) -> int:
-        from node.db import Instance
+        from node.store.db import Instance
         with self.db.session() as s:
             return s.scalar(select(func.count()).select_from(Instance))
 

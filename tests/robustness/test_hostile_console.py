@@ -48,7 +48,7 @@ class Console:
     """A console served by uvicorn on 127.0.0.1:port, its database and app."""
 
     def __init__(self, tmp_path: Path, **web):
-        from node.db import Database
+        from node.store.db import Database
         from node.web import create_app, serve_in_thread
         self.cfg = _cfg(tmp_path, **web)
         self.db = Database(self.cfg.node.database_url())
@@ -117,7 +117,7 @@ def test_strangers_wrong_passwords_do_not_lock_the_admin_out(console):
 _SERVE = """
 import sys
 from node.config import NodeConfig
-from node.db import Database
+from node.store.db import Database
 from node.web import create_app, serve_in_thread
 cfg = NodeConfig.model_validate({"node": {"data_dir": sys.argv[1]},
                                  "web": {"admin_password": sys.argv[3], "secret_key": "k" * 32}})
@@ -207,7 +207,7 @@ def test_session_cookie_stops_working_at_sign_out(console):
 
 
 def test_role_is_read_from_the_database_on_every_request(console):
-    from node.web.models import ConsoleUser
+    from node.store.console import ConsoleUser
     add_user(console, "ops", "ops-password-1", "admin")
     with console.client() as c:
         assert sign_in(c, "ops", "ops-password-1").status_code == 303
@@ -224,7 +224,7 @@ def test_role_is_read_from_the_database_on_every_request(console):
 
 def test_sessions_expire(console):
     import datetime as dt
-    from node.web.models import ConsoleSession
+    from node.store.console import ConsoleSession
     assert console.cfg.web.session_max_age_s == 8 * 3600 and console.cfg.web.session_idle_s == 3600
     with console.client() as c:
         assert sign_in(c, "admin", ADMIN_PASSWORD).status_code == 303
@@ -298,8 +298,8 @@ def test_cookies_are_httponly_samesite_and_secure_behind_tls(console, tmp_path):
 _START = """
 import sys
 from node.config import NodeConfig
-from node.db import Database
-from node.logging_setup import configure
+from node.store.db import Database
+from node.ops.logging_setup import configure
 from node.web import create_app
 configure()
 cfg = NodeConfig.model_validate({"node": {"data_dir": sys.argv[1]}, "web": {"admin_user": "admin"}})
@@ -342,9 +342,9 @@ def _start_with_terminal(data_dir: Path, log: Path) -> str:
 
 def test_generated_admin_password_is_shown_once_and_kept_only_as_a_hash(tmp_path):
     from node.config import NodeConfig
-    from node.db import Database
+    from node.store.db import Database
     from node.web.auth import authenticate
-    from node.web.models import ConsoleUser
+    from node.store.console import ConsoleUser
     data_dir, log = tmp_path / "var", tmp_path / "service.log"
     terminal = _start_with_terminal(data_dir, log)
     assert not re.search(r"password \S{16}", log.read_text()), f"a password in the service log: {log.read_text()}"

@@ -111,7 +111,7 @@ class InProcess:
     """An in-process receiver configured from node.yaml (fast to start)."""
 
     def __init__(self, tmp: Path, **node):
-        from node.receiver import Receiver
+        from node.receive.receiver import Receiver
         from node.service import make_spool
         base = {"acse_timeout_s": ACSE_S, "network_timeout_s": 5, "max_associations": MAX_ASSOC,
                 "max_associations_per_address": 2, "receiver_processes": 1,
@@ -341,7 +341,7 @@ def test_deflate_bomb_is_refused_with_bounded_memory(node1, tmp_path):
 
 
 def test_streamed_inflation_refuses_bombs_and_cut_streams_without_keeping_them(tmp_path):
-    from node.part10 import DatasetTooLarge, read_header
+    from node.receive.part10 import DatasetTooLarge, read_header
     bomb, wire = _deflate_bomb(tmp_path, 256)
     raw = bomb.read_bytes()
     meta_end = 132 + 12 + struct.unpack("<L", raw[140:144])[0]  # preamble, DICM, group length element + group

@@ -69,10 +69,10 @@ def database_url(request, tmp_path):
 
 @pytest.fixture
 def receiver(node_config):
-    """Factory: ``start(database=None) -> (cfg, db, receiver)``, an in-process receiver (``node.receiver``) on a free
+    """Factory: ``start(database=None) -> (cfg, db, receiver)``, an in-process receiver (``node.receive.receiver``) on a free
     port; ``restart(cfg, db, rcv)`` stops it and runs the node's start-up recovery on a fresh connection."""
-    from node.db import Database
-    from node.receiver import Receiver
+    from node.store.db import Database
+    from node.receive.receiver import Receiver
     from node.service import make_spool
     made = []
 
@@ -155,7 +155,7 @@ def rows(db, model, **where):
 
 def patients_in_series(db, series_uid: str) -> set[str]:
     """The PatientIDs of the files the index lists for a series (read from the spool files themselves)."""
-    from node.index import series_paths
+    from node.receive.index import series_paths
     with db.session() as s:
         return {str(dcmread(p, stop_before_pixels=True).PatientID) for p in series_paths(s, series_uid)}
 
@@ -163,7 +163,7 @@ def patients_in_series(db, series_uid: str) -> set[str]:
 # ------------------------------------------------------------------------------------------- UIDs at the door
 
 def test_study_uids_differing_after_char_64_are_refused_never_merged(receiver, database_url, tmp_path, caplog):
-    from node.db import Instance, Series, Study
+    from node.store.db import Instance, Series, Study
     cfg, db, _ = receiver(database_url)
     a = ct(tmp_path, patient="PATA", study=long_uid(".1"), series=uid(11))
     b = ct(tmp_path, patient="PATB", study=long_uid(".2"), series=uid(12))
@@ -175,7 +175,7 @@ def test_study_uids_differing_after_char_64_are_refused_never_merged(receiver, d
     bad += ct(tmp_path, patient="PAT25", study=uid(25), series=long_uid(".25"))
     bad += ct(tmp_path, patient="P" * 65, study=uid(26), series=uid(26, ".1"))  # PatientID never cut
     exact = ct(tmp_path, patient="PAT64", study=long_uid(""), series=long_uid("")[:-1] + "2")
-    with caplog.at_level(logging.WARNING, logger="node.receiver"):
+    with caplog.at_level(logging.WARNING, logger="node.receive.receiver"):
         statuses = store(cfg.node.port, a + b + bad + exact)
     assert statuses == [0xC210] * (2 + len(bad)) + [0x0000]
     log = caplog.text
@@ -195,8 +195,8 @@ def test_study_uids_differing_after_char_64_are_refused_never_merged(receiver, d
 
 def test_sop_uid_resent_under_another_patient_is_refused_and_restart_keeps_it(receiver, database_url, tmp_path,
                                                                                caplog):
-    from node.db import Instance, Series, Study
-    from node.index import study_summary
+    from node.store.db import Instance, Series, Study
+    from node.receive.index import study_summary
     cfg, db, rcv = receiver(database_url)
     sa, ra, sb, rb = uid(101), uid(101, ".1"), uid(102), uid(102, ".1")
     x, y, z = uid(101, ".1.1"), uid(101, ".1.2"), uid(102, ".1.3")
@@ -209,7 +209,7 @@ def test_sop_uid_resent_under_another_patient_is_refused_and_restart_keeps_it(re
     b_same_path = ct(tmp_path, patient="PATB", study=sa, series=ra, sop=[x], number=2)[0]
     # a new image of patient B inside A's study
     b_in_a = ct(tmp_path, patient="PATB", study=sa, series=ra, sop=[uid(101, ".1.9")], number=3)[0]
-    with caplog.at_level(logging.WARNING, logger="node.receiver"):
+    with caplog.at_level(logging.WARNING, logger="node.receive.receiver"):
         assert store(cfg.node.port, [b_own, b_x, b_same_path, b_in_a]) == [0x0000, 0xC213, 0xC213, 0xC213]
     assert (f"SOP Instance UID {x} is already stored in study {sa}, series {ra}; this copy names study {sb}, "
             f"series {rb}: refused") in caplog.text
@@ -234,7 +234,7 @@ def test_sop_uid_resent_under_another_patient_is_refused_and_restart_keeps_it(re
     planted = make_spool(cfg).path_for(sb, rb, x)
     b_x.save_as(planted, enforce_file_format=True)
     os.utime(planted)
-    with caplog.at_level(logging.WARNING, logger="node.receiver"):
+    with caplog.at_level(logging.WARNING, logger="node.receive.receiver"):
         db, rcv = restart(cfg, db, rcv, receiver)
     assert f"spool file {planted} is not re-indexed (a superseded or refused copy)" in caplog.text
     check(db)
@@ -243,14 +243,14 @@ def test_sop_uid_resent_under_another_patient_is_refused_and_restart_keeps_it(re
 
 
 def test_reused_series_uid_under_another_study_never_attaches(receiver, database_url, tmp_path, caplog):
-    from node.db import Instance, Series
+    from node.store.db import Instance, Series
     cfg, db, _ = receiver(database_url)
     series = uid(201, ".1")
     a = ct(tmp_path, patient="PATA", study=uid(201), series=series, n=2)
     b = ct(tmp_path, patient="PATB", study=uid(202), series=series, n=2)  # B's study, A's Series UID
     a2 = ct(tmp_path, patient="PATA", study=uid(203), series=series)  # even the same patient's other study
     ok_b = ct(tmp_path, patient="PATB", study=uid(202), series=uid(202, ".1"))
-    with caplog.at_level(logging.WARNING, logger="node.receiver"):
+    with caplog.at_level(logging.WARNING, logger="node.receive.receiver"):
         assert store(cfg.node.port, a + b + a2 + ok_b) == [0, 0, 0xC213, 0xC213, 0xC213, 0]
     assert f"Series Instance UID {series} already belongs to study {uid(201)}" in caplog.text
     assert [(s.series_uid, s.study_uid, s.n_instances) for s in rows(db, Series, series_uid=series)] == \
@@ -263,7 +263,7 @@ def test_reused_series_uid_under_another_study_never_attaches(receiver, database
 
 def test_resend_with_other_bytes_in_the_same_series_still_replaces(receiver, tmp_path):
     """The duplicate policy for a corrected re-send (same patient, study, series) is unchanged: newest wins."""
-    from node.db import Instance
+    from node.store.db import Instance
     cfg, db, _ = receiver()
     first = ct(tmp_path, patient="PATA", study=uid(301), series=uid(301, ".1"), sop=[uid(301, ".1.1")])
     assert store(cfg.node.port, first) == [0]
@@ -283,7 +283,7 @@ def _file(tmp: Path, ds: Dataset, name: str) -> Path:
 
 
 def test_truncated_and_mismatched_datasets_are_refused(receiver, tmp_path, monkeypatch, caplog):
-    from node.db import Instance
+    from node.store.db import Instance
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # the file's bytes go out as they are
     cfg, db, _ = receiver()
     ds = ct(tmp_path, patient="PATT", study=uid(401), series=uid(401, ".1"), n=5)
@@ -305,7 +305,7 @@ def test_truncated_and_mismatched_datasets_are_refused(receiver, tmp_path, monke
     mismatch = tmp_path / "mismatch.dcm"
     other.save_as(mismatch, enforce_file_format=False)
     assert dcmread(mismatch).file_meta.MediaStorageSOPInstanceUID == uid(401, ".1.999")
-    with caplog.at_level(logging.WARNING, logger="node.receiver"):
+    with caplog.at_level(logging.WARNING, logger="node.receive.receiver"):
         statuses = store(cfg.node.port, [pixels_cut, header_cut, no_pixels, mismatch, good])
     assert statuses == [0xC210, 0xC210, 0xC210, 0xC210, 0x0000]
     log = caplog.text
@@ -322,7 +322,7 @@ def _deflated_file(tmp: Path, name: str, ds: Dataset, body: bytes, command_sop: 
     bytes, possibly cut) deflated as a whole; ``command_sop``: the SOP Instance UID its file meta (and so the
     C-STORE command) names."""
     import zlib
-    from node.part10 import PREAMBLE, file_meta_bytes
+    from node.receive.part10 import PREAMBLE, file_meta_bytes
     meta = file_meta_bytes(str(ds.SOPClassUID), command_sop or str(ds.SOPInstanceUID), DeflatedExplicitVRLittleEndian,
                            implementation_class_uid=uid(9))
     packer = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
@@ -332,10 +332,10 @@ def _deflated_file(tmp: Path, name: str, ds: Dataset, body: bytes, command_sop: 
 
 
 def test_deflated_datasets_get_the_same_integrity_checks(receiver, tmp_path, monkeypatch, caplog):
-    """A deflated data set is walked as it is inflated (node.part10.read_header, never inflated whole): cut pixel
+    """A deflated data set is walked as it is inflated (node.receive.part10.read_header, never inflated whole): cut pixel
     data, a cut header, an image without pixel data and a command naming another SOP Instance UID are refused as
     for explicit VR; the whole one is stored."""
-    from node.db import Instance
+    from node.store.db import Instance
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # the file's (deflated) bytes go out as they are
     cfg, db, _ = receiver()
     ds = ct(tmp_path, patient="PATD", study=uid(402), series=uid(402, ".1"), n=5)
@@ -347,7 +347,7 @@ def test_deflated_datasets_get_the_same_integrity_checks(receiver, tmp_path, mon
              _deflated_file(tmp_path, "no-pixels.dcm", ds[2], body[2][:body[2].rfind(b"\xe0\x7f\x10\x00")]),
              _deflated_file(tmp_path, "mismatch.dcm", ds[3], body[3], command_sop=uid(402, ".1.999")),
              _deflated_file(tmp_path, "good.dcm", ds[4], body[4])]
-    with caplog.at_level(logging.WARNING, logger="node.receiver"):
+    with caplog.at_level(logging.WARNING, logger="node.receive.receiver"):
         statuses = store(cfg.node.port, files, syntax=DeflatedExplicitVRLittleEndian)
     assert statuses == [0xC210, 0xC210, 0xC210, 0xC210, 0x0000], [hex(s) for s in statuses]
     log = caplog.text
@@ -364,7 +364,7 @@ def test_deflated_datasets_get_the_same_integrity_checks(receiver, tmp_path, mon
 # ------------------------------------------------------------------------------------------- rule patterns
 
 def _summary(description: str):
-    from node.study import PatientIdentity, SeriesSummary, StudySummary
+    from node.store.study import PatientIdentity, SeriesSummary, StudySummary
     return StudySummary(study_uid=uid(501), patient=PatientIdentity(patient_id="PATR"), study_date=None,
                         study_description=description,
                         series=[SeriesSummary(series_uid=uid(501, ".1"), modality="CT", n_instances=50,
@@ -373,7 +373,7 @@ def _summary(description: str):
 
 def test_pathological_rule_pattern_routes_in_linear_time():
     from node.config import ConfigError, parse_config, parse_rules
-    from node.rules import match_rule, route_study
+    from node.route.rules import match_rule, route_study
     cfg = parse_config(f"rules:\n  - name: evil\n    match: {{StudyDescription: '{PATTERN}'}}\n")
     figures = {}
     for n in (28, 32, 5000):  # Python's re: about 20 s at 28 characters, doubling per character

@@ -25,7 +25,7 @@ SCU_TIMEOUT_S = 60.0  # the senders' DIMSE timeout, as a modality would set it
 
 
 def _running_jobs(db) -> int:
-    from node.db import JOB_RUNNING, Job
+    from node.store.db import JOB_RUNNING, Job
     with db.session() as s:
         return s.scalar(select(func.count()).select_from(Job).where(Job.state == JOB_RUNNING))
 
@@ -52,7 +52,7 @@ def run_load(tmp: Path, senders: int, per_sender: int, real_jobs: bool) -> dict:
                                         size=24, seed=60 + k, study_uid=generate_uid())
                 assert nodefx.storescu(node.port, pr + cu).returncode == 0
         else:
-            from node import jobs
+            from node.store import queue as jobs
             with db.session() as s:
                 for k in range(3):
                     jobs.enqueue(s, kind="sleep", current_series_uid=f"load-sleep-{k}", rule_name="load",

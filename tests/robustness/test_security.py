@@ -30,7 +30,7 @@ PATIENT_ID = "PHI-7731-XYZ"
 @pytest.fixture
 def tls_node(tmp_path):
     """An in-process receiver configured from node.yaml with TLS + required client certificates."""
-    from node.receiver import Receiver
+    from node.receive.receiver import Receiver
     from node.service import make_spool
     ca = CA(tmp_path / "pki", "Node CA")
     server = ca.issue("server", "totalreg-node", server=True)
@@ -59,7 +59,7 @@ def _tls_assoc(port: int, ctx):
 
 
 def _instances(db) -> int:
-    from node.db import Instance
+    from node.store.db import Instance
     with db.session() as s:
         return s.scalar(select(func.count()).select_from(Instance))
 
@@ -123,7 +123,7 @@ def _modes(root: Path) -> tuple[list[str], list[str]]:
 def full_job(tmp_path_factory):
     """One `totalreg serve` with an allow-list and default logging; rejected callers are tried, then a prior and a
     current study of one patient go through a full job (registered, delivered to the folder destination)."""
-    from node.db import Event, Job, Send
+    from node.store.db import Event, Job, Send
     tmp = tmp_path_factory.mktemp("security-job")
     cfg, path = nodefx.write_node_config(
         tmp, node={"allowed_callers": ["MODALITY1", "ECHOSCU"]},  # ECHOSCU: start_node's readiness probe

@@ -1,4 +1,4 @@
-"""``node.tls``: SSL contexts from ``node.tls`` settings, checked with real pynetdicom associations over TLS."""
+"""``node.net.tls``: SSL contexts from ``node.tls`` settings, checked with real pynetdicom associations over TLS."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +6,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from node.config import TlsSettings
-from node.tls import TlsConfigError, client_context, server_context
+from node.net.tls import TlsConfigError, client_context, server_context
 
 from .certs import CA
 

@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from node.config import parse_config
-from node.db import Database
+from node.store.db import Database
 from web_populate import populate
 from tools import free_port
 

@@ -8,8 +8,8 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ADMIN_PASSWORD, csrf_of, login
-from node import metrics
-from node.db import Job, Send
+from node.ops import metrics
+from node.store.db import Job, Send
 from web_populate import OTHER, PATIENT
 
 CUR_STUDY, PRIOR_STUDY = "1.2.826.0.1.3680043.8.498.100", "1.2.826.0.1.3680043.8.498.101"
@@ -278,7 +278,7 @@ def test_api_rules_validation_and_versions(app, tokens):
 
 
 def test_console_rule_editor_shows_error_line_then_saves(admin, node_db, node_cfg):
-    from node.web import rules_store
+    from node.route import rules_store
     page = admin.get("/rules").text
     r = admin.post("/rules", data={"csrf_token": csrf_of(page), "text": BAD_RULES})
     assert r.status_code == 422
@@ -409,7 +409,7 @@ def test_plain_text_password_file_of_an_older_version_is_used_once_then_deleted(
 def test_rules_in_force_without_console_tables(node_cfg):
     from sqlalchemy import create_engine
     from sqlalchemy.orm import Session
-    from node.web import rules_store
+    from node.route import rules_store
     with Session(create_engine("sqlite://")) as s:  # a database the console never touched
         assert rules_store.current_rules(s, node_cfg) == node_cfg.rules
         assert rules_store.effective_config(s, node_cfg) is node_cfg

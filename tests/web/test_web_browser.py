@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ADMIN_PASSWORD
-from node.db import Job
+from node.store.db import Job
 from tools import free_port, require
 
 pytestmark = pytest.mark.browser

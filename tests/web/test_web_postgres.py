@@ -7,7 +7,7 @@ import uuid
 import pytest
 from fastapi.testclient import TestClient
 
-from node.db import Database, Job
+from node.store.db import Database, Job
 from tools import require
 from web_populate import populate
 

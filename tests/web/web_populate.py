@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from node.db import Event, Job, JobRun, Send, Series, Study, utcnow
+from node.store.db import Event, Job, JobRun, Send, Series, Study, utcnow
 
 PATIENT = {"patient_id": "PAT-0042", "patient_name": "DOE^JANE"}
 OTHER = {"patient_id": "PAT-0777", "patient_name": "ROE^RICHARD"}
@@ -69,7 +69,7 @@ def write_qc_png(path: Path) -> Path:
 
 
 def populate(db, results_root: Path, *, qc_png: bool = True) -> dict[str, int]:
-    """Fill ``db`` (node.db.Database) with two patients' studies and five jobs; return {'done': id, ...}."""
+    """Fill ``db`` (node.store.db.Database) with two patients' studies and five jobs; return {'done': id, ...}."""
     now = utcnow()
     ids: dict[str, int] = {}
     with db.session() as s:

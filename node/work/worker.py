@@ -5,7 +5,7 @@ Job kinds: ``register`` (the product) and ``sleep`` (a cheap job for queue/scale
 The ``register`` pipeline (each stage timed in seconds into ``jobs.timings``):
 
 1. ``load``       the job, its rule, the current study summary and series files from the index;
-2. ``prior``      :func:`node.priors.find_priors` — local studies of the same patient first, else the PACS
+2. ``prior``      :func:`node.priors.choice.find_priors` — local studies of the same patient first, else the PACS
    (C-MOVE to this node / C-GET into the spool); none → job done with outcome ``no_prior`` and the plain reason;
 3. identity check: current and prior must be the same patient (index values, then the files' own headers);
    a conflict fails the job (never retried) naming the attributes;
@@ -34,11 +34,11 @@ from typing import Callable
 from pydicom import dcmwrite
 from sqlalchemy import select
 
-from . import jobs
-from .db import OUTCOME_NO_PRIOR, OUTCOME_REGISTERED, Database, Job, Send, add_event
-from .index import expect_retrieved_study, series_paths, studies_for_patient, study_summary
-from .spool import Spool
-from .study import PatientIdentity, StudySummary
+from node.store import queue as jobs
+from node.store.db import OUTCOME_NO_PRIOR, OUTCOME_REGISTERED, Database, Job, Send, add_event
+from node.receive.index import expect_retrieved_study, series_paths, studies_for_patient, study_summary
+from node.receive.spool import Spool
+from node.store.study import PatientIdentity, StudySummary
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class _Stage:
         dt = time.perf_counter() - self.t0
         self.ctx.timings[self.name] = round(self.ctx.timings.get(self.name, 0.0) + dt, 3)
         try:
-            from node import metrics
+            from node.ops import metrics
             metrics.STAGE_DURATION.labels(stage=self.name).observe(dt)
         except Exception:  # noqa: BLE001
             pass
@@ -112,7 +112,7 @@ def sleep_job(ctx: WorkerContext) -> JobResult:
 
 
 class SpoolSink:
-    """:class:`node.priors.RetrieveSink` of the node: retrieved priors go into the spool and the index."""
+    """:class:`node.priors.choice.RetrieveSink` of the node: retrieved priors go into the spool and the index."""
 
     def __init__(self, cfg, db: Database, spool: Spool):
         self.cfg, self.db, self.spool = cfg, db, spool
@@ -124,7 +124,7 @@ class SpoolSink:
 
     def store(self, ds) -> None:
         """Store one C-GET instance durably (raises OSError when it cannot)."""
-        from .receiver import STATUS_OK, ingest
+        from node.receive.receiver import STATUS_OK, ingest
         buf = io.BytesIO()
         dcmwrite(buf, ds, enforce_file_format=True)
         status, msg = ingest(self.db, self.spool, buf.getvalue(), calling_ae="C-GET")
@@ -138,7 +138,7 @@ class SpoolSink:
 
 
 def _identity_of(ds) -> PatientIdentity:
-    from .index import parse_da
+    from node.receive.index import parse_da
     return PatientIdentity(patient_id=str(ds.get("PatientID", "") or ""),
                            issuer=str(ds.get("IssuerOfPatientID", "") or ""),
                            name=str(ds.get("PatientName", "") or ""), birth_date=parse_da(ds.get("PatientBirthDate")),
@@ -199,7 +199,7 @@ def register_job(ctx: WorkerContext) -> JobResult:
     with ctx.stage("load"):
         with db.session() as s:
             job = s.get(Job, ctx.claim.job_id)
-            from node.web.rules_store import effective_config
+            from node.route.rules_store import effective_config
             rules_in_force = effective_config(s, cfg).rules
             rule = next((r for r in rules_in_force if r.name == job.rule_name), None)
             if rule is None:
@@ -216,7 +216,7 @@ def register_job(ctx: WorkerContext) -> JobResult:
         raise JobError(f"current series {current_series_uid}: no instances in the spool", retryable=False)
 
     with ctx.stage("prior"):
-        from node.priors import find_priors
+        from node.priors.choice import find_priors
         if wanted_prior_study:
             local = [st for st in local if st.study_uid == wanted_prior_study]
         decision = find_priors(cfg, rule, current, local, retrieve_into=SpoolSink(cfg, db, ctx.spool))
@@ -407,11 +407,11 @@ def run_claimed(cfg, db: Database, spool: Spool, claim: jobs.Claim) -> str:
 
 def _scrub(db: Database, job_id: int, text: str) -> str:
     """``text`` with the job's PatientID and PatientName replaced, for logs (the job row keeps the full text)."""
-    from .logging_setup import phi_allowed
+    from node.ops.logging_setup import phi_allowed
     if phi_allowed():
         return text
     try:
-        from .db import Study
+        from node.store.db import Study
         with db.session() as s:
             job = s.get(Job, job_id)
             st = s.scalar(select(Study).where(Study.study_uid == job.study_uid)) if job else None

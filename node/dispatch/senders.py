@@ -26,7 +26,7 @@ import httpx
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from node import dimse
+from node.net import dimse
 from node.config import DestinationConfig
 
 STOW_BATCH = 50  # instances per STOW-RS request

@@ -1,4 +1,4 @@
-"""The index: received instances → database rows (``record_instance``) and database → :mod:`node.study` records.
+"""The index: received instances → database rows (``record_instance``) and database → :mod:`node.store.study` records.
 
 Queries used by routing, the prior finder, the worker and the console:
 
@@ -9,7 +9,7 @@ Queries used by routing, the prior finder, the worker and the console:
   the study is then never routed nor treated as 'late'.
 
 Group commit (:class:`IndexWriter`): the receiver does not open one transaction per instance.  Each C-STORE
-handler writes its file (temp file, ``fdatasync``, rename — :meth:`node.spool.Spool.write_data`) and queues the
+handler writes its file (temp file, ``fdatasync``, rename — :meth:`node.receive.spool.Spool.write_data`) and queues the
 header with :meth:`IndexWriter.index`, which blocks until its batch is durable.  One writer thread takes
 everything queued (up to ``max_batch``), ``fsync``-s each distinct spool folder of the batch once (making the
 renames durable), then records the whole batch in ONE transaction (one WAL commit, ``synchronous=FULL``), and
@@ -44,8 +44,8 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .db import (STUDY_COMPLETE, STUDY_RECEIVING, STUDY_ROUTE_FAILED, Instance, Series, Study, add_event, utcnow)
-from .study import PatientIdentity, SeriesSummary, StudySummary
+from node.store.db import (STUDY_COMPLETE, STUDY_RECEIVING, STUDY_ROUTE_FAILED, Instance, Series, Study, add_event, utcnow)
+from node.store.study import PatientIdentity, SeriesSummary, StudySummary
 
 log = logging.getLogger(__name__)
 
@@ -547,7 +547,7 @@ _STOP = object()
 class IndexWriter:
     """One thread that indexes queued instances in batches (group commit); see the module docstring.
 
-    ``db`` is a :class:`node.db.Database`; ``fsync_dirs`` False skips the folder fsync (spool with fsync off).
+    ``db`` is a :class:`node.store.db.Database`; ``fsync_dirs`` False skips the folder fsync (spool with fsync off).
     """
 
     def __init__(self, db, *, max_batch: int = 128, max_queue: int = 512, fsync_dirs: bool = True,
@@ -685,7 +685,7 @@ class IndexWriter:
             conn.close()
 
     def _commit(self, batch: list) -> None:
-        from .spool import fsync_dir
+        from node.receive.spool import fsync_dir
         if self.fsync_dirs:
             for folder in {it.folder for it in batch if it.folder is not None}:
                 try:

@@ -1,4 +1,4 @@
-"""The persistent job queue (table ``jobs`` in :mod:`node.db`): enqueue, claim with a lease, heartbeat, finish.
+"""The persistent job queue (table ``jobs`` in :mod:`node.store.db`): enqueue, claim with a lease, heartbeat, finish.
 
 Life of a job::
 
@@ -36,7 +36,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .db import (JOB_DEAD, JOB_DONE, JOB_FAILED, JOB_QUEUED, JOB_RUNNING, Job, JobRun, add_event, utcnow)
+from node.store.db import (JOB_DEAD, JOB_DONE, JOB_FAILED, JOB_QUEUED, JOB_RUNNING, Job, JobRun, add_event, utcnow)
 
 log = logging.getLogger(__name__)
 

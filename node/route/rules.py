@@ -3,7 +3,7 @@
 A rule (``node.config.Rule``) matches a study when every criterion in ``rule.match`` holds:
 
 - study-level: ``StudyDescription`` (regular expression, searched, case-insensitive; RE2 syntax, matched in linear
-  time by :mod:`node.rule_patterns` so no pattern can stall the node) and ``calling_ae`` (the AE title
+  time by :mod:`node.route.rule_patterns` so no pattern can stall the node) and ``calling_ae`` (the AE title
   that sent the study, one of a list, case-insensitive);
 - series-level, all on the SAME series: ``Modality``, ``BodyPartExamined`` (one of a list), ``SeriesDescription``
   (regular expression), ``slice_thickness_mm`` (min/max, mm) and ``min_slices`` (instances in the series).
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from node.config import NodeConfig, Rule
-from node.rule_patterns import search as pattern_search
-from node.study import SeriesSummary, StudySummary
+from node.route.rule_patterns import search as pattern_search
+from node.store.study import SeriesSummary, StudySummary
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +265,7 @@ def dry_run(cfg: NodeConfig, study: StudySummary, candidates: list[StudySummary]
     ``candidates`` are locally held studies (e.g. ``index.studies_for_patient``). With ``query_pacs`` False (the
     default) no network is used: when no local prior qualifies the prior reason says which PACS would be asked.
     Nothing is retrieved in any case."""
-    from node.priors import find_priors
+    from node.priors.choice import find_priors
 
     out = []
     for rule in cfg.rules:

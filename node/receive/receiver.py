@@ -15,17 +15,17 @@ indexed in the database.  Otherwise the sender gets a failure status and may re-
 Instances retrieved by the node's own C-MOVE/C-GET arrive here as C-STORE too.  Calling AE titles may be limited
 (``node.allowed_callers``: other callers' associations are rejected); DICOM TLS when ``node.tls`` is set.
 
-Broken and hostile peers (:mod:`node._peer_guard`): an accepted connection must deliver its A-ASSOCIATE-RQ within
+Broken and hostile peers (:mod:`node.receive._peer_guard`): an accepted connection must deliver its A-ASSOCIATE-RQ within
 ``node.acse_timeout_s`` of connecting; one address holds at most ``node.max_associations_per_address`` connections;
 ``node.allowed_addresses`` is applied at accept and ``node.allowed_callers`` from the RQ's first 74 bytes; a PDU over
 ``node.max_pdu_bytes`` is refused from its header; a data set over ``node.max_dataset_bytes`` (or a deflated one
-inflating beyond :func:`node.part10.inflated_limit`) is answered 0xA700 without being kept.  :meth:`Receiver.stop`
+inflating beyond :func:`node.receive.part10.inflated_limit`) is answered 0xA700 without being kept.  :meth:`Receiver.stop`
 aborts every association within seconds and drains the C-STOREs already running.
 
-Throughput (group commit): a C-STORE handler parses the header from the request's stream (:mod:`node.part10`),
+Throughput (group commit): a C-STORE handler parses the header from the request's stream (:mod:`node.receive.part10`),
 writes the file meta it encodes itself followed by the data set exactly as received (temp file, rename,
 ``fdatasync``; the SHA-256 is computed meanwhile) and hands the header to the receiver's
-:class:`node.index.IndexWriter`, which fsyncs each spool folder of a batch once, indexes the batch in one
+:class:`node.receive.index.IndexWriter`, which fsyncs each spool folder of a batch once, indexes the batch in one
 transaction and only then releases the handlers: the ack still means "bytes and name fsynced, row committed", but
 concurrent associations share the folder fsyncs and the database commit.  No read transaction is opened per
 instance: an instance whose spool file already holds the same bytes (a re-send) is not rewritten, and the
@@ -51,13 +51,13 @@ from pynetdicom import (ALL_TRANSFER_SYNTAXES, AE, PYNETDICOM_IMPLEMENTATION_UID
 from pynetdicom.sop_class import Verification
 from pynetdicom.utils import make_target
 
-from . import _peer_guard, reactor_wakeup
-from .db import Database
-from .index import INDEXED_KEYWORDS, IndexWriter, UidConflict, conflict, header_problem, record_instance
-from .part10 import (PREAMBLE, DatasetTooLarge, IncompleteDataset, check_complete, check_header, file_meta_bytes,
+from node.receive import _peer_guard, reactor_wakeup
+from node.store.db import Database
+from node.receive.index import INDEXED_KEYWORDS, IndexWriter, UidConflict, conflict, header_problem, record_instance
+from node.receive.part10 import (PREAMBLE, DatasetTooLarge, IncompleteDataset, check_complete, check_header, file_meta_bytes,
                      inflated_limit, is_complete, read_header)
-from .shared_listener import ReceiverLoad, SharedListenerServer
-from .spool import Spool, SpoolFullError, fsync_dir
+from node.receive.shared_listener import ReceiverLoad, SharedListenerServer
+from node.receive.spool import Spool, SpoolFullError, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ STATUS_OK = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC210
 STATUS_MISSING_UIDS = 0xC212
-STATUS_UID_CONFLICT = 0xC213  # the instance contradicts the index (node.index.UidConflict): refused, never merged
+STATUS_UID_CONFLICT = 0xC213  # the instance contradicts the index (node.receive.index.UidConflict): refused, never merged
 
 
 def tls_context(tls) -> ssl.SSLContext:
@@ -96,7 +96,7 @@ class Receiver:
     """The Storage SCP of a node: ``start()`` listens in background threads, ``stop()`` closes it.
 
     ``listen_socket``/``load``: several receiver processes share one listening socket (see
-    :mod:`node.shared_listener`); this process accepts a connection when it is the least busy.  Without them the
+    :mod:`node.receive.shared_listener`); this process accepts a connection when it is the least busy.  Without them the
     receiver binds ``node.host:node.port`` itself (a busy port is an error, as for any listener)."""
 
     def __init__(self, cfg, db: Database, spool: Spool, *, listen_socket: socket.socket | None = None,
@@ -134,7 +134,7 @@ class Receiver:
         """Start listening on node.host:node.port (non-blocking)."""
         n = self.cfg.node
         reactor_wakeup.install()  # pynetdicom's reactors wait for events instead of polling every 1 ms
-        if not _peer_guard.install():  # timeouts from the first byte, PDU / data set limits (node._peer_guard)
+        if not _peer_guard.install():  # timeouts from the first byte, PDU / data set limits (node.receive._peer_guard)
             raise RuntimeError("the DICOM listener cannot apply its limits against hostile peers with this "
                                "pynetdicom version (pyproject.toml pins pynetdicom 3.0.x)")
         self.guard.closing.clear()
@@ -202,7 +202,7 @@ class Receiver:
         """C-STORE handler: spool (durable) + index, then 0x0000; a failure status with a logged reason else.
 
         The data set's bytes are taken as received (no copy into one Part 10 string): the file is the preamble and
-        file meta from :mod:`node.part10` followed by those bytes, written with one ``writev``."""
+        file meta from :mod:`node.receive.part10` followed by those bytes, written with one ``writev``."""
         calling = (event.assoc.requestor.ae_title or "").strip()
 
         def req_uid() -> str:  # only for log lines (reading it validates the UID: not free)
@@ -253,7 +253,7 @@ class Receiver:
         with self._lock:
             self.stored += 1
         try:
-            from node import metrics
+            from node.ops import metrics
             metrics.INSTANCES_RECEIVED.inc()
             if self.load is not None and self.load.slot != 0:  # a child: the node process exports its count
                 self.load.count_received()
@@ -305,10 +305,10 @@ def ingest_dataset(db: Database, spool: Spool, meta: bytes, dataset: BytesIO, tr
                    max_dataset_bytes: int | None = None, max_inflation_ratio: float = 100.0,
                    affected_sop_uid: str | None = None) -> tuple[int, str]:
     """Like :func:`ingest` for a C-STORE's data set as received: ``meta`` is the preamble + File Meta
-    Information (:func:`node.part10.file_meta_bytes`), ``dataset`` the request's data set stream in
+    Information (:func:`node.receive.part10.file_meta_bytes`), ``dataset`` the request's data set stream in
     ``transfer_syntax``.  The file is ``meta`` followed by the data set's bytes, neither copied nor re-encoded.
     A data set over ``max_dataset_bytes``, or a deflated one inflating beyond
-    :func:`node.part10.inflated_limit`, is answered 0xA700 and nothing is written.  A data set cut short (an element
+    :func:`node.receive.part10.inflated_limit`, is answered 0xA700 and nothing is written.  A data set cut short (an element
     running past its end) or whose SOP Instance UID is not the command's ``affected_sop_uid`` is refused (0xC210)."""
     buf = dataset.getbuffer()
     limit = None
@@ -340,7 +340,7 @@ def _dataset_offset(data: bytes) -> int:
 
 
 def _check_integrity(ds, dataset_bytes, transfer_syntax: str, has_pixels: bool | None = None) -> None:
-    """Raise :class:`node.part10.IncompleteDataset` when the data set's elements do not end where its bytes end,
+    """Raise :class:`node.receive.part10.IncompleteDataset` when the data set's elements do not end where its bytes end,
     or when an object of an image storage class has no pixel data (a data set cut at an element boundary).
     ``has_pixels`` given: the structure was already walked (a deflated data set, by :func:`read_header`)."""
     if has_pixels is None:
@@ -451,7 +451,7 @@ def reindex_spool(db: Database, spool: Spool, *, recent_s: float = 3600.0) -> in
     whose UIDs are not valid, is left where it is and not indexed: recovery never brings back a superseded copy."""
     from sqlalchemy import select
 
-    from .db import Instance
+    from node.store.db import Instance
 
     root = spool.root
     if not root.is_dir():

@@ -1,7 +1,7 @@
 """The dispatcher: delivers each job's result files to each destination (table ``sends``).
 
 One ``sends`` row per (job, destination): ``queued`` → claimed as ``sending`` (with a lease, so a crashed node's
-half-done send is retried) → ``done`` when :func:`node.senders.send` reports every instance acknowledged, or back to
+half-done send is retried) → ``done`` when :func:`node.dispatch.senders.send` reports every instance acknowledged, or back to
 ``queued`` with back-off per ``send_retry`` after a failed attempt, and ``dead`` after ``send_retry.max_attempts``.
 :func:`resend` puts dead (or done) sends back in the queue; the console calls it.  A job's results are delivered
 only when all its sends are ``done`` (:func:`job_delivery`).
@@ -15,7 +15,7 @@ import threading
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from .db import (SEND_DEAD, SEND_DONE, SEND_QUEUED, SEND_SENDING, Database, Job, Send, add_event, utcnow)
+from node.store.db import (SEND_DEAD, SEND_DONE, SEND_QUEUED, SEND_SENDING, Database, Job, Send, add_event, utcnow)
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ SEND_LEASE_S = 900.0
 
 
 def _send_fn():
-    from node.senders import send
+    from node.dispatch.senders import send
     return send
 
 
@@ -52,7 +52,7 @@ def claim_send(session: Session, owner: str, now: _dt.datetime | None = None) ->
 
 def requeue_orphan_sends(session: Session) -> int:
     """Re-queue sends left 'sending' by a dispatcher process of this host that no longer exists. Commits."""
-    from .jobs import owner_is_dead_here
+    from node.store.queue import owner_is_dead_here
     n = 0
     for snd in session.scalars(select(Send).where(Send.state == SEND_SENDING)).all():
         if owner_is_dead_here(snd.lease_owner):
@@ -66,7 +66,7 @@ def requeue_orphan_sends(session: Session) -> int:
 
 def attempt(cfg, db: Database, send_id: int) -> str:
     """Make one attempt of a claimed send; records the result and returns the send's new state."""
-    from .processor import result_files
+    from node.work.worker import result_files
     with db.session() as s:
         snd = s.get(Send, send_id)
         job = s.get(Job, snd.job_id)
@@ -99,7 +99,7 @@ def attempt(cfg, db: Database, send_id: int) -> str:
             log.info("send %d: job %d delivered to %s (%d instances)", send_id, job_id, dest_name, acked)
         else:
             try:
-                from node import metrics
+                from node.ops import metrics
                 metrics.SEND_FAILURES.labels(destination=dest_name).inc()
             except Exception:  # noqa: BLE001
                 pass

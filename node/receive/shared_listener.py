@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ._peer_guard import GuardedServer
+from node.receive._peer_guard import GuardedServer
 
 DEFER_S = 0.05  # longest a busier process leaves a pending connection to a less busy one
 SLOTS = 64
@@ -122,7 +122,7 @@ def stop_accepting(sock: socket.socket) -> None:
 
 
 class SharedListenerServer(GuardedServer):
-    """The listener's guarded association server (:class:`node._peer_guard.GuardedServer`) on an inherited, already
+    """The listener's guarded association server (:class:`node.receive._peer_guard.GuardedServer`) on an inherited, already
     listening socket, accepting a connection only when this process is the least busy receiver (see the module
     docstring)."""
 

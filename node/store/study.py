@@ -1,6 +1,6 @@
 """Plain records that describe received (or PACS-listed) studies, shared by the node's stages.
 
-The index (node.db / node.index) builds them from the database; the router, the prior finder and the console read
+The index (node.db / node.receive.index) builds them from the database; the router, the prior finder and the console read
 them. They hold DICOM header values only (no pixel data, no paths to pixel data except ``SeriesSummary.paths``).
 Dates are ``datetime.date`` (from DICOM DA); sizes in mm.
 """

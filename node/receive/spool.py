@@ -9,7 +9,7 @@ name and the folder is ``fsync``-ed, so after a crash a file is either complete 
 a NEW file is renamed to its name first and then ``fdatasync``-ed (one journal commit covers the data and the
 rename; a crash before it returns can leave an incomplete file that was never acknowledged, which start-up
 recovery removes); a file that replaces one keeps the safe order.  The folder ``fsync`` is left to the caller,
-which does it once per folder for a whole batch of instances (:class:`node.index.IndexWriter`) BEFORE the batch is
+which does it once per folder for a whole batch of instances (:class:`node.receive.index.IndexWriter`) BEFORE the batch is
 committed to the database and acknowledged — so an acknowledged instance's data and name are always durable.
 
 Free-space checks (:meth:`Spool.check_space`) ask the file system at most once per ``space_check_s`` (1 s) and

@@ -29,9 +29,9 @@ from typing import Protocol, runtime_checkable
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from node import dimse
+from node.net import dimse
 from node.config import NodeConfig, PacsConfig, Rule
-from node.study import PatientIdentity, SeriesSummary, StudySummary
+from node.store.study import PatientIdentity, SeriesSummary, StudySummary
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ def choose(rule: Rule, current: StudySummary, candidates: list[StudySummary], wh
 
 def prior_series(prior: StudySummary) -> tuple[str, str] | None:
     """The CT series of ``prior`` to register: (series uid, reason), or None when it holds no CT series."""
-    from node.rules import pick_series
+    from node.route.rules import pick_series
 
     ct = [s for s in prior.series if s.modality.upper() == "CT"]
     if not ct:

@@ -2,7 +2,7 @@
 
 Other stages import the objects and update them::
 
-    from node import metrics
+    from node.ops import metrics
     metrics.INSTANCES_RECEIVED.inc()                                   # one stored C-STORE instance
     metrics.STAGE_DURATION.labels(stage="register").observe(seconds)   # wall time of one job stage, seconds
     metrics.SEND_FAILURES.labels(destination="pacs").inc()             # one failed send attempt
@@ -35,7 +35,7 @@ _other_receivers: Callable[[], float] | None = None
 
 def count_other_receivers(total: Callable[[], float] | None) -> None:
     """Set where the instances stored by the node's other receiver processes are counted (their shared load
-    table, :class:`node.shared_listener.ReceiverLoad`); None: this process is the only receiver."""
+    table, :class:`node.receive.shared_listener.ReceiverLoad`); None: this process is the only receiver."""
     global _other_receivers
     _other_receivers = total
 
@@ -70,7 +70,7 @@ QUEUE_LENGTH = Gauge(
     "totalreg_queue_length", "Jobs waiting for a worker (state queued)", registry=REGISTRY)
 
 #: every job state the console knows; states found in the database but not listed here are exported too
-KNOWN_JOB_STATES = ("queued", "running", "done", "failed", "dead")  # node.db.JOB_STATES
+KNOWN_JOB_STATES = ("queued", "running", "done", "failed", "dead")  # node.store.db.JOB_STATES
 
 
 class JobStateCollector(Collector):

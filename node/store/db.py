@@ -10,7 +10,7 @@ Tables (all timestamps are naive UTC ``datetime``; sizes in bytes; durations in 
   Duplicate policy: a re-sent instance with the same bytes changes nothing; one with different bytes replaces the
   file atomically (newest wins, as a corrected re-send should) and ``versions`` counts the replacements.  A re-send
   naming another study or series, a Series UID under a second study and a study's instance of another patient are
-  refused (:class:`node.index.UidConflict`): rows are keyed by whole, valid UIDs (at most 64 characters, checked
+  refused (:class:`node.receive.index.UidConflict`): rows are keyed by whole, valid UIDs (at most 64 characters, checked
   before a row is written), so the 64-character columns never cut one.
 * ``jobs``      the work queue.  ``state``: ``queued`` (waiting; ``not_before`` delays a retry), ``running`` (held by
   ``lease_owner`` until ``lease_expires_at``, renewed by a heartbeat), and the terminal ``done`` (``outcome``:
@@ -277,7 +277,7 @@ def make_engine(url: str, sqlite_synchronous: str = "FULL") -> Engine:
     SQLite: WAL journal, 30 s busy timeout, ``BEGIN IMMEDIATE`` for every transaction, parent folder created;
     ``sqlite_synchronous`` FULL (every commit fsyncs the WAL) or NORMAL (the receiver's index writer: a commit
     survives a crash of the process but not a power loss; the spool files it indexes are fsynced and
-    :func:`node.receiver.reindex_spool` re-indexes them at start-up).
+    :func:`node.receive.receiver.reindex_spool` re-indexes them at start-up).
     PostgreSQL: pre-ping; pass ``?options=-csearch_path%3Dmyschema`` in the URL to use a schema.
     """
     u = make_url(url)
@@ -322,7 +322,7 @@ class Database:
     def create_all(self) -> None:
         """Create missing tables (idempotent; safe when several processes start together)."""
         from sqlalchemy.exc import IntegrityError, ProgrammingError
-        import node.web.models  # noqa: F401 - console tables (users, tokens, rule versions) on the same Base
+        import node.store.console  # noqa: F401 - console tables (users, tokens, rule versions) on the same Base
         try:
             Base.metadata.create_all(self.engine)
         except (IntegrityError, ProgrammingError):  # another process created them at the same moment

@@ -1,17 +1,17 @@
 """Extra DICOM receiver processes (``node.receiver_processes``): the node process binds ``node.port`` once and
 starts N-1 children that only receive; all of them accept on that one inherited socket, each new association
-going to the process with the fewest open ones (:mod:`node.shared_listener`).
+going to the process with the fewest open ones (:mod:`node.receive.shared_listener`).
 
 Why: one Python process receives at most ~150 instances/s (the GIL: ~6-7 ms of Python per instance, most of it in
-pynetdicom).  Each child runs one :class:`node.receiver.Receiver` (its own pynetdicom server and group-commit
-:class:`node.index.IndexWriter`) on the same database and spool; the guarantee is unchanged in every process:
+pynetdicom).  Each child runs one :class:`node.receive.receiver.Receiver` (its own pynetdicom server and group-commit
+:class:`node.receive.index.IndexWriter`) on the same database and spool; the guarantee is unchanged in every process:
 0x0000 only after the file, its rename and the index row are durable.  Children run no assembly, workers,
 dispatcher, web console nor start-up recovery (the node process does those).
 
 Lifetime: a child dies with the node process even on ``kill -9`` (``PR_SET_PDEATHSIG=SIGKILL``, plus a parent-pid
 watchdog), stops gracefully on SIGTERM/SIGINT, and is restarted by the node process if it exits on its own.
 
-Run as ``python -m node.receiver_child`` with the configuration (JSON) on stdin; it prints ``ready`` on stdout once
+Run as ``python -m node.receive.receiver_child`` with the configuration (JSON) on stdin; it prints ``ready`` on stdout once
 it listens.  :class:`ReceiverChildren` is the node-process side.
 """
 from __future__ import annotations
@@ -57,7 +57,7 @@ class ReceiverChildren:
         self.cfg_json = cfg.model_dump_json()
         self.count = count
         self.listen_fd = listen_fd
-        self.load = load  # node.shared_listener.ReceiverLoad (the node process's view, slot 0)
+        self.load = load  # node.receive.shared_listener.ReceiverLoad (the node process's view, slot 0)
         self.ready_timeout_s = ready_timeout_s
         self.procs: list[subprocess.Popen] = []
         self._stop = threading.Event()
@@ -109,7 +109,7 @@ class ReceiverChildren:
         env = dict(os.environ, **{PARENT_ENV: str(os.getpid()), LISTEN_FD_ENV: str(self.listen_fd),
                                   LOAD_ENV: f"{self.load.path}:{slot}"})
         # -P: never import from the working directory (a data folder named "node" there would shadow the package)
-        p = subprocess.Popen([sys.executable, "-P", "-m", "node.receiver_child"], stdin=subprocess.PIPE,
+        p = subprocess.Popen([sys.executable, "-P", "-m", "node.receive.receiver_child"], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, env=env, close_fds=True, pass_fds=(self.listen_fd,))
         p.stdin.write(self.cfg_json.encode())
         p.stdin.close()
@@ -191,12 +191,12 @@ def main() -> int:
     from pathlib import Path
 
     from node.config import NodeConfig
-    from node.db import Database
+    from node.store.db import Database
     import socket
 
-    from node.receiver import Receiver
-    from node.shared_listener import ReceiverLoad
-    from node.spool import Spool
+    from node.receive.receiver import Receiver
+    from node.receive.shared_listener import ReceiverLoad
+    from node.receive.spool import Spool
 
     cfg = NodeConfig.model_validate_json(sys.stdin.read(), context={"defer_references": True})
     logging.basicConfig(level=getattr(logging, cfg.logging.level, logging.INFO), stream=sys.stderr,

@@ -4,10 +4,10 @@ A study (state ``receiving``) is complete when no instance arrived for ``complet
 ``studies.last_received_at``), or at the latest ``completion.max_wait_seconds`` after the round began
 (``studies.round_started_at``) even if instances keep coming.  Both timers are database timestamps, so a restarted
 node simply re-evaluates them.  On completion, in ONE transaction: the study is claimed with a conditional update
-(only one assembler wins, even with several processes), :func:`node.rules.route_study` picks rules and series, and
+(only one assembler wins, even with several processes), :func:`node.route.rules.route_study` picks rules and series, and
 one job per decision is enqueued (de-duplicated, so a crash and re-run cannot double them).
 
-Late instances (arriving after routing) are handled by :func:`node.index.record_instance` according to
+Late instances (arriving after routing) are handled by :func:`node.receive.index.record_instance` according to
 ``completion.late_instances``: ``follow_up`` puts the study back to ``receiving`` and the next completion enqueues
 jobs of the next ``round``; ``ignore`` only counts them.  Retrieved priors (``origin='retrieved'``) are never routed.
 """
@@ -20,21 +20,21 @@ import threading
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from .db import STUDY_COMPLETE, STUDY_RECEIVING, STUDY_ROUTE_FAILED, Database, Study, add_event, utcnow
-from .index import study_summary
-from .jobs import enqueue
+from node.store.db import STUDY_COMPLETE, STUDY_RECEIVING, STUDY_ROUTE_FAILED, Database, Study, add_event, utcnow
+from node.receive.index import study_summary
+from node.store.queue import enqueue
 
 log = logging.getLogger(__name__)
 
 
 def _route(cfg, summary, session: Session | None = None):
-    """Routing decisions for a study summary: ``node.rules.route_study`` (list of RouteDecision) + a no-route text.
+    """Routing decisions for a study summary: ``node.route.rules.route_study`` (list of RouteDecision) + a no-route text.
 
     With a session, the rules in force are the latest version saved in the console (else node.yaml's).
     """
-    from node import rules
+    from node.route import rules
     if session is not None:
-        from node.web.rules_store import effective_config
+        from node.route.rules_store import effective_config
         cfg = effective_config(session, cfg)
     decisions = rules.route_study(cfg, summary)
     why = "" if decisions else rules.explain_no_route(cfg, summary)

@@ -147,7 +147,7 @@ def install() -> bool:
         dul_cls, assoc_cls = dul_mod.DULServiceProvider, assoc_mod.Association
         if getattr(dul_mod, "time", None) is not _time or getattr(assoc_mod, "time", None) is not _time or \
                 not hasattr(dul_cls, "kill_dul"):
-            log.warning("pynetdicom's reactors are not what node.reactor_wakeup expects; they keep polling")
+            log.warning("pynetdicom's reactors are not what node.receive.reactor_wakeup expects; they keep polling")
             return False
         orig_init, orig_kill = dul_cls.__init__, dul_cls.kill_dul
 

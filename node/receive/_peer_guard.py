@@ -40,7 +40,7 @@ from io import BytesIO
 
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-log = logging.getLogger("node.receiver")
+log = logging.getLogger("node.receive.receiver")
 
 ASSOC_PDU_MAX = 1 << 20  # an A-ASSOCIATE-RQ of 128 contexts x 20 transfer syntaxes is ~70 KB
 COMMAND_MAX = 64 * 1024  # a DIMSE command set is a few hundred bytes
@@ -506,7 +506,7 @@ def install() -> bool:
         msg_cls = dimse_messages.DIMSEMessage
         if not all(hasattr(dul_cls, a) for a in ("_read_pdu_data", "_decode_pdu")) or \
                 not hasattr(msg_cls, "decode_msg"):
-            log.error("pynetdicom's internals are not what node._peer_guard expects: the listener runs without "
+            log.error("pynetdicom's internals are not what node.receive._peer_guard expects: the listener runs without "
                       "its PDU limits and timeouts")
             return False
         orig_read = dul_cls._read_pdu_data

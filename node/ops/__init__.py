@@ -1,0 +1,1 @@
+"""Operations: Prometheus metrics and the logging policy (PHI in logs, formats)."""
