@@ -11,7 +11,8 @@ Forward signature (keep it stable; ``train.py`` codes against it)::
 - ``disp``: [B, 3, D, H, W] displacement in VOXELS of the input grid, channels ordered (x, y, z) = along the
   W, H, D tensor axes (= L, P, S for the engine's LPS grids). Fixed voxel v corresponds to moving voxel v + disp(v)
   (multiply by the voxel spacing for mm).
-- ``weights``: [B, K, D, H, W] soft region weights (softmax over K regions, sum to 1 per voxel).
+- ``weights``: [B, K, D, H, W] soft region weights (softmax over K regions, sum to 1 per voxel); channel k is
+  region id k + 1 of :mod:`registration_core.regions` (names, colours, which labels belong to each).
 - ``subfields``: [B, K, 3, D, H, W] stationary velocity fields (voxels, channel order as disp), one per region.
 
 Design and why:
@@ -45,10 +46,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import RegistrationInputError
+from .regions import N_REGIONS
 
 #: default checkpoint location (absent until a trained model is shipped)
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "totalreg_v1.safetensors"
-REGION_NAMES = ("lungs_thorax", "abdominal_organs", "bones", "soft_tissue")
 
 
 def _block(cin, cout, stride=1):
@@ -99,7 +100,7 @@ def integrate_velocity(v: torch.Tensor, steps: int) -> torch.Tensor:
 class TotalRegNet(nn.Module):
     """3D UNet with K region sub-fields; see the module docstring for inputs, outputs and design."""
 
-    def __init__(self, n_regions: int = 4, channels=(16, 32, 64, 64), int_steps: int = 7,
+    def __init__(self, n_regions: int = N_REGIONS, channels=(16, 32, 64, 64), int_steps: int = 7,
                  cost_radius: tuple | list = (0, 0)):
         super().__init__()
         self.config = {"n_regions": int(n_regions), "channels": [int(c) for c in channels],

@@ -70,6 +70,7 @@ import torch
 import torch.nn.functional as F
 
 from .network import TotalRegNet, load_network, save_weights
+from .regions import N_REGIONS, REGION_IDS
 from .training.data import CacheSpec, load_sample, residual_to_mm
 from .training.losses import LossWeights, training_loss, warp_voxels
 
@@ -123,8 +124,8 @@ class TrainConfig:
     threads: int = 0
     progress: bool = True
     measure_memory: bool = True
-    network: dict = field(default_factory=lambda: {"n_regions": 4, "channels": [16, 32, 64, 64], "int_steps": 7,
-                                                   "cost_radius": [1, 2]})
+    network: dict = field(default_factory=lambda: {"n_regions": N_REGIONS, "channels": [16, 32, 64, 64],
+                                                   "int_steps": 7, "cost_radius": [1, 2]})
     loss: LossWeights = field(default_factory=LossWeights)
 
     def to_dict(self) -> dict:
@@ -209,7 +210,7 @@ def evaluate_samples(net: TotalRegNet, samples: list[dict], device="cpu") -> dic
 
 def _region_dice(a: np.ndarray, b: np.ndarray, body: np.ndarray) -> float:
     vals = []
-    for r in range(1, 5):
+    for r in REGION_IDS:
         x, y = (a == r) & (body > 0), (b == r) & (body > 0)
         if x.sum() > 20 and y.sum() > 20:
             vals.append(2.0 * (x & y).sum() / (x.sum() + y.sum()))

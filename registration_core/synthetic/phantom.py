@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
+from ..regions import REGIONS as _REGIONS
+from ..regions import apply_lut, lut_from_names, region, region_of_name
 from .anatomy import Anatomy, _smoothstep
 
 # ---- labels ------------------------------------------------------------------------------------------------
@@ -42,16 +44,11 @@ LABEL_NAMES: dict[int, str] = {
 }
 L = {v: k for k, v in LABEL_NAMES.items()}
 
-#: the four anatomical regions of the engine's sub-field decomposition
-REGIONS: dict[int, str] = {1: "thorax", 2: "abdomen", 3: "bones", 4: "soft_tissue"}
-#: label id -> region name (background 0 has no region)
-REGION_OF_LABEL: dict[int, str] = {
-    **{L[n]: "thorax" for n in ("lung_left", "lung_right", "airway", "lung_vessels", "heart")},
-    **{L[n]: "abdomen" for n in ("liver", "spleen", "kidney_left", "kidney_right", "stomach", "bowel",
-                                 "urinary_bladder", "gallbladder", "aorta", "inferior_vena_cava")},
-    **{L[n]: "bones" for n in ("vertebrae", "ribs", "sternum", "hip", "femur")},
-    **{L[n]: "soft_tissue" for n in ("soft_tissue_other", "subcutaneous_fat", "muscle")},
-}
+#: the anatomical regions of the engine's sub-field decomposition, {region id: name} (from :mod:`..regions`)
+REGIONS: dict[int, str] = {r.id: r.name for r in _REGIONS}
+#: label id -> region name (background 0 has no region), by the phantom's structure names (:mod:`..regions`)
+REGION_OF_LABEL: dict[int, str] = {lab: region(region_of_name(name)).name
+                                   for lab, name in LABEL_NAMES.items() if lab != 0}
 
 # texture amplitude (HU, std of smoothed noise) per label
 _TEXTURE = {0: 0.0, 1: 10.0, 2: 12.0, 3: 12.0, 4: 35.0, 5: 35.0, 6: 5.0, 7: 15.0, 8: 10.0, 9: 8.0, 10: 8.0,
@@ -62,12 +59,9 @@ DEFAULT_FOV_MM = (480.0, 360.0, 680.0)
 
 
 def region_map(labels: sitk.Image) -> sitk.Image:
-    """Map a phantom label image to region ids (uint8): 0 background, 1 thorax, 2 abdomen, 3 bones, 4 soft tissue."""
-    lut = np.zeros(256, np.uint8)
-    name_to_id = {v: k for k, v in REGIONS.items()}
-    for lab, reg in REGION_OF_LABEL.items():
-        lut[lab] = name_to_id[reg]
-    arr = lut[sitk.GetArrayViewFromImage(labels).astype(np.int64)]
+    """Map a phantom label image to region ids (uint8, :mod:`registration_core.regions`): 0 background,
+    1 thorax, 2 abdomen, 3 bones, 4 soft tissue; same grid."""
+    arr = apply_lut(sitk.GetArrayViewFromImage(labels), lut_from_names(LABEL_NAMES))
     out = sitk.GetImageFromArray(arr)
     out.CopyInformation(labels)
     return out

@@ -33,7 +33,8 @@ import SimpleITK as sitk
 
 from ..geometry import WorkGrid, shrink_for
 from ..preprocess import Prepared, body_mask, normalise
-from .regions import apply_lut, lut_from_names, load_classmap, phantom_lut
+from ..regions import apply_lut, lut_from_names
+from .regions import load_classmap, phantom_lut
 
 WINDOW = (-1000.0, 1000.0)
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
