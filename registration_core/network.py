@@ -45,6 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .blocks import RegionFieldComposer, conv_block, cost_volume
 from .errors import RegistrationInputError
 from .regions import N_REGIONS
 
@@ -52,53 +53,13 @@ from .regions import N_REGIONS
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "totalreg_v1.safetensors"
 
 
-def _block(cin, cout, stride=1):
-    return nn.Sequential(nn.Conv3d(cin, cout, 3, stride=stride, padding=1),
-                         nn.InstanceNorm3d(cout, affine=True), nn.LeakyReLU(0.2, inplace=True))
-
-
-def cost_volume(f: torch.Tensor, m: torch.Tensor, radius: int) -> torch.Tensor:
-    """Local correlation of ``f`` with ``m`` shifted by every integer voxel offset in [-radius, radius]^3.
-
-    f, m: [B, 1, D, H, W] on the same grid. Each image is first normalised locally (3^3-voxel mean and standard
-    deviation), then for each offset (dz, dy, dx) -- z slowest, x fastest -- the 3^3 box mean of
-    f_n(v) * m_n(v + offset) is one output channel: [B, (2 radius + 1)^3, D, H, W], about +1 where the offset
-    matches the local structure. ``m`` is edge-replicated outside its grid. No parameters, no gradient needed.
-    """
-    def box(x):
-        return F.avg_pool3d(x, 3, stride=1, padding=1, count_include_pad=False)
-
-    def norm(x):
-        mu = box(x)
-        sd = (box(x * x) - mu * mu).clamp_min(0).sqrt()
-        return (x - mu) / (sd + 0.02)
-
-    fn, mn = norm(f), norm(m)
-    r = int(radius)
-    d, h, w = f.shape[-3:]
-    mp = F.pad(mn, [r] * 6, mode="replicate")
-    out = [box(fn * mp[..., r + dz:r + dz + d, r + dy:r + dy + h, r + dx:r + dx + w])
-           for dz in range(-r, r + 1) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
-    return torch.cat(out, 1)
-
-
-def integrate_velocity(v: torch.Tensor, steps: int) -> torch.Tensor:
-    """Scaling and squaring: displacement (voxels, channels x/y/z) of exp(v) for a velocity v [B, 3, D, H, W]."""
-    if steps <= 0:
-        return v
-    size = v.shape[-3:]
-    theta = torch.eye(3, 4, device=v.device, dtype=v.dtype)[None].expand(v.shape[0], 3, 4)
-    ident = F.affine_grid(theta, (v.shape[0], 1, *size), align_corners=True)
-    scale = torch.tensor([2.0 / max(n - 1, 1) for n in (size[2], size[1], size[0])], device=v.device, dtype=v.dtype)
-    d = v / (2 ** steps)
-    for _ in range(steps):
-        g = ident + d.permute(0, 2, 3, 4, 1) * scale
-        d = d + F.grid_sample(d, g, mode="bilinear", padding_mode="border", align_corners=True)
-    return d
-
-
 class TotalRegNet(nn.Module):
-    """3D UNet with K region sub-fields; see the module docstring for inputs, outputs and design."""
+    """3D UNet with K region sub-fields; see the module docstring for inputs, outputs and design.
+
+    Composed of the named blocks of :mod:`registration_core.blocks`: ``enc`` / ``dec`` / ``top``
+    (:func:`~registration_core.blocks.conv_block`), :func:`~registration_core.blocks.cost_volume` inputs, the
+    ``velocity`` (3 K channels) and ``logits`` (K channels) heads, and ``compose``
+    (:class:`~registration_core.blocks.RegionFieldComposer`: softmax weights, weighted velocity, ``VecInt``)."""
 
     def __init__(self, n_regions: int = N_REGIONS, channels=(16, 32, 64, 64), int_steps: int = 7,
                  cost_radius: tuple | list = (0, 0)):
@@ -115,15 +76,16 @@ class TotalRegNet(nn.Module):
         # skip channels: input level (images + full-resolution cost volume), first encoder level (+ its cost
         # volume at half resolution), then the plain encoder levels
         skip_ch = [2 + n_full, c[0] + n_half] + c[1:-1]
-        self.enc = nn.ModuleList([_block(skip_ch[0], c[0], 2), _block(skip_ch[1], c[1], 2)]
-                                 + [_block(c[i - 1], c[i], 2) for i in range(2, len(c))])
-        self.dec = nn.ModuleList([_block(c[i] + skip_ch[i], c[i - 1]) for i in range(len(c) - 1, 0, -1)])
-        self.top = _block(c[0] + skip_ch[0], c[0])
+        self.enc = nn.ModuleList([conv_block(skip_ch[0], c[0], 2), conv_block(skip_ch[1], c[1], 2)]
+                                 + [conv_block(c[i - 1], c[i], 2) for i in range(2, len(c))])
+        self.dec = nn.ModuleList([conv_block(c[i] + skip_ch[i], c[i - 1]) for i in range(len(c) - 1, 0, -1)])
+        self.top = conv_block(c[0] + skip_ch[0], c[0])
         self.velocity = nn.Conv3d(c[0], 3 * n_regions, 3, padding=1)
         self.logits = nn.Conv3d(c[0], n_regions, 3, padding=1)
         for head in (self.velocity, self.logits):
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
+        self.compose = RegionFieldComposer(int_steps)  # no parameters: checkpoint keys unchanged
         self.n_regions, self.int_steps = n_regions, int_steps
         self.multiple = 2 ** len(c)
 
@@ -157,9 +119,8 @@ class TotalRegNet(nn.Module):
         x = x[:, :, :d, :h, :w]
         k = self.n_regions
         sub = self.velocity(x).view(b, k, 3, d, h, w)
-        weights = torch.softmax(self.logits(x), 1)
-        v = (sub * weights[:, :, None]).sum(1)
-        return integrate_velocity(v, self.int_steps), weights, sub
+        disp, weights = self.compose(sub, self.logits(x))
+        return disp, weights, sub
 
 
 def save_weights(net: TotalRegNet, path: str | Path) -> Path:

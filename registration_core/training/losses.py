@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from ..network import integrate_velocity
+from ..blocks import integrate_velocity
 from ..similarity import masked_lncc
 
 

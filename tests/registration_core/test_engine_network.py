@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from registration_core.blocks import cost_volume, integrate_velocity
 from registration_core.errors import RegistrationInputError
-from registration_core.network import TotalRegNet, cost_volume, integrate_velocity, load_network, save_weights
+from registration_core.network import TotalRegNet, load_network, save_weights
 
 
 @pytest.mark.parametrize("cost_radius", [(0, 0), (1, 2)])
