@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 from node.store.db import Instance, Job
 
 from . import auth
-from .deps import DbId, ctx, db, page_user
+from .deps import DbId, db, page_user
 
 log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
@@ -122,7 +122,7 @@ def field_from_dsr(path: Path):
     return field
 
 
-def _clean_scalar(arr: np.ndarray, like, dtype) -> "object":
+def _clean_scalar(arr: np.ndarray, like, dtype) -> object:
     """A fresh SimpleITK image (no metadata carried over) with ``like``'s geometry."""
     import SimpleITK as sitk
 

@@ -9,36 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ADMIN_PASSWORD
-from test_web_browser import ARGS, CHROMIUM, server  # noqa: F401 - the uvicorn fixture
-from tools import require
+from test_web_browser import page, server  # noqa: F401 - the Chromium page and uvicorn fixtures
 from viewer_job import make_viewer_job
 
 pytestmark = pytest.mark.browser
 IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
-
-
-@pytest.fixture
-def page():
-    try:
-        from playwright import sync_api
-    except ImportError:
-        require("playwright is not installed (pip install playwright)")
-    if not Path(CHROMIUM).exists():
-        require(f"no chromium at {CHROMIUM} (apt-get install -y chromium)")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS + ["--enable-unsafe-swiftshader"],
-                                    headless=True)
-        ctx = browser.new_context(viewport={"width": 1360, "height": 1000}, device_scale_factor=1)
-        pg = ctx.new_page()
-        pg.set_default_timeout(60_000)
-        errors: list[str] = []
-        pg.on("pageerror", lambda e: errors.append(str(e)))
-        pg.errors = errors
-        yield pg
-        ctx.close()
-        browser.close()
 
 
 def _pixels(png: bytes) -> np.ndarray:
@@ -52,17 +28,20 @@ def _red(px: np.ndarray) -> int:
     return int(((r > 150) & (r - g > 100) & (r - b > 100)).sum())
 
 
-def _crosshair(page, which: str) -> list[float]:
+def _crosshair(page, which: str) -> list[float]:  # noqa: F811
     return page.evaluate(f"() => Array.from(window.totalregViewer.{which}.scene.crosshairPos)")
 
 
-def _settle(page) -> None:
+def _settle(page) -> None:  # noqa: F811
     page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
     page.wait_for_timeout(300)
 
 
-def test_viewer_scroll_overlay_blend(server, page, node_db, tmp_path):  # noqa: F811
+def test_viewer_scroll_overlay_blend(server, page, node_db, tmp_path):  # noqa: F811 - fixtures imported above
     db, ids = node_db
+    page.set_default_timeout(60_000)  # SwiftShader renders WebGL on the CPU
+    page.errors = errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
     make_viewer_job(db, ids["done"], tmp_path / "viewerjob", spacing_mm=3.0)
     IMG.mkdir(parents=True, exist_ok=True)
     page.goto(server + "/login")

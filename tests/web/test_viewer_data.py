@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from fastapi.testclient import TestClient
-
-from viewer_job import A, BUMP_CENTER, FOLD, field_at, make_viewer_job, physical_points
+from viewer_job import BUMP_CENTER, FOLD, A, field_at, make_viewer_job, physical_points
 
 
 @pytest.fixture

@@ -62,7 +62,7 @@ def make_viewer_job(db, job_id: int, root: Path, *, spacing_mm: float = 4.0, reg
     with db.session() as s:
         job = s.get(Job, job_id)
         study_uid, prior_study_uid = job.study_uid, job.prior_study_uid or generate_uid()
-    common = dict(patient_id="VIEWER-PAT-77", patient_name="Viewer^Secret^Name", birth_date="19570203")
+    common = {"patient_id": "VIEWER-PAT-77", "patient_name": "Viewer^Secret^Name", "birth_date": "19570203"}
     from dicom_io.synthetic_series import write_ct_series
     cur_uid, prior_uid = generate_uid(), generate_uid()
     cur_files = write_ct_series(current, root / "spool" / "current", study_uid=study_uid, series_uid=cur_uid,
