@@ -15,7 +15,8 @@ from node.store.db import Database, open_database
 from node.dispatch.dispatcher import Dispatcher, requeue_orphan_sends
 from node.store.queue import release_owned, requeue_orphans, worker_name
 from node.work.worker import Worker
-from node.receive.receiver import Receiver, reindex_spool
+from node.receive.ingest import reindex_spool
+from node.receive.receiver import Receiver
 from node.receive.receiver_child import ReceiverChildren, receiver_process_count
 from node.receive.shared_listener import ReceiverLoad, bind_listener, stop_accepting
 from node.receive.spool import Spool

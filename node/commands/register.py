@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import node
+
 log = logging.getLogger("totalreg.register")
 
 
@@ -48,11 +50,8 @@ def _read(path: str, what: str):
 
     p = Path(path)
     if p.is_dir():
-        try:
-            from dicom_io import read_series
-        except ImportError:
-            raise RegisterInputError(f"{what} {p} is a folder, and DICOM reading (dicom_io) is not available") \
-                from None
+        # reason: dicom_io loads SimpleITK and pydicom's codecs; only a DICOM-folder run needs them
+        from dicom_io import read_series
         try:
             vol = read_series(p)
         except Exception as exc:
@@ -64,27 +63,16 @@ def _read(path: str, what: str):
 
 def _write_dicom(out: Path, current, prior, res) -> list[str]:
     """Write DSR, rigid REG and the registered series into out/dicom; returns the written file names."""
-    try:
-        from dicom_io.writers import write_dsr, write_registered_series, write_rigid_reg
-    except ImportError as exc:
-        log.warning("DICOM outputs skipped: dicom_io writers not available (%s)", exc)
-        return []
-    from registration_core.engine import __version__
+    # reason: dicom_io's writers import highdicom (~1 s); only a DICOM-folder run needs them
+    from node.work.outputs import dicom_outputs
 
     folder = out / "dicom"
     folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    dsr = write_dsr(current, prior, res.displacement, software_version=__version__)
-    dsr.save_as(folder / "dsr.dcm", enforce_file_format=True)
-    written.append("dsr.dcm")
-    reg = write_rigid_reg(current, prior, res.affine, software_version=__version__)
-    reg.save_as(folder / "rigid_reg.dcm", enforce_file_format=True)
-    written.append("rigid_reg.dcm")
-    for i, ds in enumerate(write_registered_series(current, prior, res.warped, dsr, software_version=__version__)):
-        name = f"registered_{i + 1:04d}.dcm"
+    objs = dicom_outputs(current, prior, res, ("dsr", "rigid_reg", "registered_series"),
+                         software_version=node.__version__)
+    for name, ds in objs:
         ds.save_as(folder / name, enforce_file_format=True)
-        written.append(name)
-    return written
+    return [name for name, _ in objs]
 
 
 def run(args) -> int:

@@ -62,7 +62,7 @@ def _check(path: Path) -> int:
 
 
 def _folder_summary(folder: Path):
-    from node.priors.choice import summary_from_files
+    from node.store.header import summary_from_files
 
     files = [p for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")]
     if not files:
@@ -74,7 +74,7 @@ def _folder_summary(folder: Path):
 
 
 def _dry_run(args) -> int:
-    from node.route.rules import dry_run
+    from node.priors.dryrun import dry_run
 
     cfg = load_config(args.config)
     candidates = [_folder_summary(p) for p in args.prior]
@@ -91,7 +91,7 @@ def _dry_run(args) -> int:
 
 
 def _db_study(cfg, uid: str):
-    from node.receive import index
+    from node.store import queries
     from node.store.db import open_database
 
     if not cfg.node.database and not (cfg.node.data_dir / "node.db").exists():
@@ -100,7 +100,7 @@ def _db_study(cfg, uid: str):
     db = open_database(cfg)
     try:
         with db.session() as s:
-            study = index.study_summary(s, uid, with_paths=True)
+            study = queries.study_summary(s, uid, with_paths=True)
     finally:
         db.dispose()
     if study is None:
@@ -109,7 +109,7 @@ def _db_study(cfg, uid: str):
 
 
 def _db_candidates(cfg, study, must_exist: bool):
-    from node.receive import index
+    from node.store import queries
     from node.store.db import open_database
 
     if not must_exist and not (cfg.node.database or (cfg.node.data_dir / "node.db").exists()):
@@ -117,6 +117,6 @@ def _db_candidates(cfg, study, must_exist: bool):
     db = open_database(cfg)
     try:
         with db.session() as s:
-            return index.studies_for_patient(s, study.patient.patient_id, study.patient.issuer, with_paths=True)
+            return queries.studies_for_patient(s, study.patient.patient_id, study.patient.issuer, with_paths=True)
     finally:
         db.dispose()

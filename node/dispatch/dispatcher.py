@@ -16,6 +16,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from node.store.db import (SEND_DEAD, SEND_DONE, SEND_QUEUED, SEND_SENDING, Database, Job, Send, add_event, utcnow)
+from node.store.queries import result_files
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,6 @@ def requeue_orphan_sends(session: Session) -> int:
 
 def attempt(cfg, db: Database, send_id: int) -> str:
     """Make one attempt of a claimed send; records the result and returns the send's new state."""
-    from node.work.worker import result_files
     with db.session() as s:
         snd = s.get(Send, send_id)
         job = s.get(Job, snd.job_id)

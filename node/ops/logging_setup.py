@@ -12,8 +12,9 @@ _PHI_ALLOWED = False
 FORMAT = "%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"
 
 
-def configure(settings=None, verbose: bool = False) -> None:
-    """Configure the root logger from a :class:`node.config.LoggingSettings` (None: INFO, no PHI)."""
+def configure(settings=None, verbose: bool = False, tag: str = "") -> None:
+    """Configure the root logger from a :class:`node.config.LoggingSettings` (None: INFO, no PHI); ``tag`` names
+    the process in every line (e.g. ``receiver-1234`` for a receiver process)."""
     global _PHI_ALLOWED
     level = logging.DEBUG if verbose else getattr(logging, getattr(settings, "level", "INFO"))
     _PHI_ALLOWED = bool(getattr(settings, "phi_in_logs", False)) and level <= logging.DEBUG
@@ -23,7 +24,7 @@ def configure(settings=None, verbose: bool = False) -> None:
         handler = logging.StreamHandler(sys.stderr)
         root.addHandler(handler)
     for h in root.handlers:
-        h.setFormatter(logging.Formatter(FORMAT))
+        h.setFormatter(logging.Formatter(FORMAT.replace("%(threadName)s", f"{tag} %(threadName)s") if tag else FORMAT))
     logging.getLogger("pynetdicom").setLevel(logging.DEBUG if verbose else logging.WARNING)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
 

@@ -20,18 +20,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
-from pydicom import dcmread
-from pydicom.dataset import Dataset
-
-from node.net import dimse
 from node.config import NodeConfig, PacsConfig, Rule
-from node.store.study import PatientIdentity, SeriesSummary, StudySummary
+from node.net import dimse
+from node.priors.pacs import (FolderSink, RetrieveSink, dimse_reason, is_transient, query_pacs_series,
+                              query_pacs_studies, retrieve_series)
+from node.route.series import pick_series
+from node.store.study import StudySummary
 
 log = logging.getLogger(__name__)
 
@@ -52,115 +49,6 @@ class PriorDecision:
     #: True when no prior was found only because a PACS could not be reached or timed out: the job should be
     #: retried later rather than closed as "no prior".
     retryable: bool = False
-
-
-@runtime_checkable
-class RetrieveSink(Protocol):
-    """Where retrieved priors go. The node's implementation indexes into the spool; tests use :class:`FolderSink`.
-
-    ``expect(study_uid)`` is called before a retrieve (the index must not route the incoming prior);
-    ``store(ds)`` receives each C-GET instance (``ds.file_meta`` set) and must persist it before returning;
-    ``summary(study_uid)`` returns the retrieved study as it is now held locally (series with paths), or None."""
-
-    def expect(self, study_uid: str) -> None: ...
-
-    def store(self, ds: Dataset) -> None: ...
-
-    def summary(self, study_uid: str) -> StudySummary | None: ...
-
-
-class FolderSink:
-    """A :class:`RetrieveSink` on a plain folder: ``root/StudyUID/SeriesUID/SOPInstanceUID.dcm`` (atomic writes).
-
-    For C-MOVE the node's own listener must write into the same folder layout."""
-
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-
-    def expect(self, study_uid: str) -> None:
-        """Nothing to prepare for a folder."""
-
-    def store(self, ds: Dataset) -> None:
-        """Write one instance atomically."""
-        target = self.root / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".part-", dir=target.parent)
-        os.close(fd)
-        try:
-            ds.save_as(tmp, enforce_file_format=True)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-    def summary(self, study_uid: str) -> StudySummary | None:
-        """The study as found in the folder (headers read back), or None when nothing is there."""
-        folder = self.root / study_uid
-        files = sorted(folder.rglob("*.dcm")) if folder.is_dir() else []
-        return summary_from_files(files) if files else None
-
-
-def summary_from_files(files: list[Path]) -> StudySummary:
-    """A StudySummary built from DICOM files of ONE study (headers only)."""
-    series: dict[str, SeriesSummary] = {}
-    first: Dataset | None = None
-    for f in files:
-        ds = dcmread(f, stop_before_pixels=True)
-        first = first or ds
-        uid = str(ds.SeriesInstanceUID)
-        s = series.get(uid)
-        if s is None:
-            s = series[uid] = SeriesSummary(
-                series_uid=uid, modality=str(ds.get("Modality", "")), description=str(ds.get("SeriesDescription", "")),
-                number=_int(ds.get("SeriesNumber")), image_type=tuple(str(x) for x in ds.get("ImageType", [])),
-                sop_class_uid=str(ds.get("SOPClassUID", "")),
-                frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")),
-                slice_thickness_mm=_float(ds.get("SliceThickness")), body_part=str(ds.get("BodyPartExamined", "")))
-        s.n_instances += 1
-        s.paths.append(Path(f))
-    assert first is not None
-    st = _study_from_identifier(first, source="local")
-    st.series = list(series.values())
-    return st
-
-
-# ------------------------------------------------------------------------------------------------ small parsers
-
-def _int(v) -> int | None:
-    try:
-        return int(str(v).strip()) if v not in (None, "") else None
-    except ValueError:
-        return None
-
-
-def _float(v) -> float | None:
-    try:
-        return float(str(v).strip()) if v not in (None, "") else None
-    except ValueError:
-        return None
-
-
-def _date(v) -> _dt.date | None:
-    text = str(v or "").strip()[:8]
-    try:
-        return _dt.datetime.strptime(text, "%Y%m%d").date() if text else None
-    except ValueError:
-        return None
-
-
-def _study_from_identifier(ds: Dataset, source: str) -> StudySummary:
-    st = StudySummary(
-        study_uid=str(ds.get("StudyInstanceUID", "")),
-        patient=PatientIdentity(patient_id=str(ds.get("PatientID", "")), issuer=str(ds.get("IssuerOfPatientID", "")),
-                                name=str(ds.get("PatientName", "") or ""), birth_date=_date(ds.get("PatientBirthDate")),
-                                sex=str(ds.get("PatientSex", "") or "")),
-        study_date=_date(ds.get("StudyDate")), study_description=str(ds.get("StudyDescription", "") or ""),
-        accession_number=str(ds.get("AccessionNumber", "") or ""), source=source)
-    st.study_time = str(ds.get("StudyTime", "") or "")  # type: ignore[attr-defined]
-    mods = ds.get("ModalitiesInStudy", None)
-    st.modalities_in_study = ([str(mods)] if isinstance(mods, str) else  # type: ignore[attr-defined]
-                              [str(m) for m in mods]) if mods else []
-    return st
 
 
 # --------------------------------------------------------------------------------------------------- eligibility
@@ -269,90 +157,11 @@ def choose(rule: Rule, current: StudySummary, candidates: list[StudySummary], wh
 
 def prior_series(prior: StudySummary) -> tuple[str, str] | None:
     """The CT series of ``prior`` to register: (series uid, reason), or None when it holds no CT series."""
-    from node.route.rules import pick_series
-
     ct = [s for s in prior.series if s.modality.upper() == "CT"]
     if not ct:
         return None
     uid, why = pick_series(ct)
     return (uid, why) if uid else None
-
-
-# ----------------------------------------------------------------------------------------------------- the PACS
-
-def _peer(pacs: PacsConfig) -> dimse.Peer:
-    return dimse.Peer(pacs.ae_title, pacs.host, pacs.port, name=pacs.name)
-
-
-def query_pacs_studies(cfg: NodeConfig, pacs: PacsConfig, current: StudySummary) -> list[StudySummary]:
-    """Study Root C-FIND (STUDY level) on ``pacs`` for the current patient's studies; raises DimseError."""
-    q = Dataset()
-    q.QueryRetrieveLevel = "STUDY"
-    q.PatientID = current.patient.patient_id
-    q.IssuerOfPatientID = current.patient.issuer or ""
-    q.PatientName = ""
-    q.PatientBirthDate = ""
-    q.PatientSex = ""
-    q.StudyInstanceUID = ""
-    q.StudyDate = ""
-    q.StudyTime = ""
-    q.StudyDescription = ""
-    q.AccessionNumber = ""
-    q.ModalitiesInStudy = ""
-    answers = dimse.find(_peer(pacs), cfg.node.ae_title, q, timeout_s=min(pacs.timeout_s, 120.0))
-    out = []
-    for ident in answers:
-        st = _study_from_identifier(ident, source=pacs.name)
-        # a PACS may ignore the PatientID key (or match it loosely): keep exact matches only
-        if st.study_uid and st.patient.patient_id == current.patient.patient_id:
-            out.append(st)
-    return out
-
-
-def query_pacs_series(cfg: NodeConfig, pacs: PacsConfig, study: StudySummary) -> list[SeriesSummary]:
-    """Series-level C-FIND of one study on ``pacs``; raises DimseError."""
-    q = Dataset()
-    q.QueryRetrieveLevel = "SERIES"
-    q.StudyInstanceUID = study.study_uid
-    q.SeriesInstanceUID = ""
-    q.Modality = ""
-    q.SeriesDescription = ""
-    q.SeriesNumber = ""
-    q.BodyPartExamined = ""
-    q.NumberOfSeriesRelatedInstances = ""
-    answers = dimse.find(_peer(pacs), cfg.node.ae_title, q, timeout_s=min(pacs.timeout_s, 120.0))
-    return [SeriesSummary(series_uid=str(a.get("SeriesInstanceUID", "")), modality=str(a.get("Modality", "")),
-                          description=str(a.get("SeriesDescription", "") or ""), number=_int(a.get("SeriesNumber")),
-                          body_part=str(a.get("BodyPartExamined", "") or ""),
-                          n_instances=_int(a.get("NumberOfSeriesRelatedInstances")) or 0)
-            for a in answers if a.get("SeriesInstanceUID")]
-
-
-def retrieve_series(cfg: NodeConfig, pacs: PacsConfig, study_uid: str, series_uid: str,
-                    sink: RetrieveSink) -> dimse.RetrieveResult:
-    """Retrieve one series from ``pacs`` (C-MOVE to the node, or C-GET into ``sink``); raises DimseError."""
-    sink.expect(study_uid)
-    peer = _peer(pacs)
-    if pacs.retrieve == "get":
-        return dimse.get(peer, cfg.node.ae_title, study_uid, series_uid, sink.store, timeout_s=pacs.timeout_s)
-    dest = pacs.move_destination or cfg.node.ae_title
-    return dimse.move(peer, cfg.node.ae_title, dest, study_uid, series_uid, timeout_s=pacs.timeout_s)
-
-
-def _dimse_reason(pacs: PacsConfig, exc: dimse.DimseError, step: str, move_dest: str = "") -> str:
-    if exc.kind in ("unreachable", "rejected"):
-        return f"PACS '{pacs.name}' unreachable for {step}: {exc}"
-    if exc.kind == "timeout":
-        return f"PACS '{pacs.name}' timed out during {step}: {exc}"
-    if exc.status == 0xA801:
-        return (f"PACS '{pacs.name}' does not know the move destination "
-                f"'{move_dest or pacs.move_destination}' (0xA801): add the node's AE title, host and port "
-                f"to the PACS, or use retrieve: get")
-    if step == "C-MOVE" and exc.status is not None and 0xC000 <= exc.status <= 0xCFFF:
-        return (f"PACS '{pacs.name}' failed during {step}: {exc} (Orthanc and others answer this when they do not "
-                f"know the move destination '{move_dest or pacs.move_destination}': check that the PACS lists the "
-                f"node's AE title, host and port)")
-    return f"PACS '{pacs.name}' failed during {step}: {exc}"
 
 
 def find_priors(cfg: NodeConfig, rule: Rule, current: StudySummary, local_studies: list[StudySummary], *,
@@ -385,8 +194,8 @@ def find_priors(cfg: NodeConfig, rule: Rule, current: StudySummary, local_studie
         try:
             found = [s for s in query_pacs_studies(cfg, pacs, current) if s.study_uid not in local_uids]
         except dimse.DimseError as exc:
-            notes.append(_dimse_reason(pacs, exc, "C-FIND"))
-            transient = transient or _is_transient(exc)
+            notes.append(dimse_reason(pacs, exc, "C-FIND"))
+            transient = transient or is_transient(exc)
             continue
         chosen, why, flagged = choose(rule, current, found, where=f"PACS '{pacs.name}'")
         if flagged:
@@ -401,11 +210,6 @@ def find_priors(cfg: NodeConfig, rule: Rule, current: StudySummary, local_studie
     return PriorDecision([], "; ".join(notes[1:]) if len(notes) > 1 else reason, notes=notes, retryable=transient)
 
 
-def _is_transient(exc: "dimse.DimseError") -> bool:
-    """A network condition that may pass (PACS down, timeout), as opposed to a refusal or a data problem."""
-    return exc.kind in ("unreachable", "timeout")
-
-
 def _retrieve_from(cfg: NodeConfig, pacs: PacsConfig, chosen: list[StudySummary], sink: RetrieveSink | None,
                    notes: list[str], transient_failures: list) -> PriorDecision | None:
     got: list[StudySummary] = []
@@ -414,8 +218,8 @@ def _retrieve_from(cfg: NodeConfig, pacs: PacsConfig, chosen: list[StudySummary]
         try:
             series = [s for s in query_pacs_series(cfg, pacs, st) if s.modality.upper() == "CT"]
         except dimse.DimseError as exc:
-            notes.append(_dimse_reason(pacs, exc, "series C-FIND"))
-            if _is_transient(exc):
+            notes.append(dimse_reason(pacs, exc, "series C-FIND"))
+            if is_transient(exc):
                 transient_failures.append(exc)
             return None
         if not series:
@@ -436,8 +240,8 @@ def _retrieve_from(cfg: NodeConfig, pacs: PacsConfig, chosen: list[StudySummary]
         try:
             res = retrieve_series(cfg, pacs, st.study_uid, series_uid, sink)
         except dimse.DimseError as exc:
-            notes.append(_dimse_reason(pacs, exc, how, pacs.move_destination or cfg.node.ae_title))
-            return PriorDecision([], notes[-1], notes=notes, retryable=_is_transient(exc))
+            notes.append(dimse_reason(pacs, exc, how, pacs.move_destination or cfg.node.ae_title))
+            return PriorDecision([], notes[-1], notes=notes, retryable=is_transient(exc))
         held = sink.summary(st.study_uid)
         arrived = [s for s in (held.series if held else []) if s.series_uid == series_uid]
         if not arrived or not arrived[0].paths:

@@ -1,12 +1,8 @@
-"""The index: received instances → database rows (``record_instance``) and database → :mod:`node.store.study` records.
+"""The index writer: received instances → database rows (``record_instance``, the group commit of
+:class:`IndexWriter`). The read queries are in :mod:`node.store.queries`.
 
-Queries used by routing, the prior finder, the worker and the console:
-
-* ``study_summary(session, study_uid) -> StudySummary | None``
-* ``studies_for_patient(session, patient_id, issuer) -> list[StudySummary]`` (newest study date first)
-* ``series_paths(session, series_uid) -> list[Path]`` (spool files of a series, by InstanceNumber)
-* ``expect_retrieved_study(session, study_uid)`` — call before retrieving a prior (C-MOVE/C-GET to this node):
-  the study is then never routed nor treated as 'late'.
+``expect_retrieved_study(session, study_uid)`` — call before retrieving a prior (C-MOVE/C-GET to this node):
+the study is then never routed nor treated as 'late'.
 
 Group commit (:class:`IndexWriter`): the receiver does not open one transaction per instance.  Each C-STORE
 handler writes its file (temp file, ``fdatasync``, rename — :meth:`node.receive.spool.Spool.write_data`) and queues the
@@ -45,7 +41,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from node.store.db import (STUDY_COMPLETE, STUDY_RECEIVING, STUDY_ROUTE_FAILED, Instance, Series, Study, add_event, utcnow)
-from node.store.study import PatientIdentity, SeriesSummary, StudySummary
+from node.store.header import parse_da, parse_ds, parse_is, text
 
 log = logging.getLogger(__name__)
 
@@ -98,15 +94,6 @@ def uid_problem(value: str) -> str | None:
     return None
 
 
-def _raw(ds: Dataset, key: str) -> str:
-    v = ds.get(key, "")
-    if v is None:
-        return ""
-    if isinstance(v, (list, tuple)) or v.__class__.__name__ == "MultiValue":
-        v = "\\".join(str(x) for x in v)
-    return str(v)
-
-
 def header_problem(ds: Dataset) -> str | None:
     """Why the received header cannot be indexed as it is (a key UID that is not valid, another UID that is not
     valid, a patient identifier too long for the index), naming the attribute and the value; None when fine.
@@ -114,14 +101,14 @@ def header_problem(ds: Dataset) -> str | None:
     The receiver refuses such an instance (0xC210) before it stores it: the index never cuts a UID or a patient
     ID (cut values of two patients could become one)."""
     for key in KEY_UIDS + OTHER_UIDS:
-        value = _raw(ds, key).strip()
+        value = text(ds, key)
         if not value and key in OTHER_UIDS:
             continue
         why = uid_problem(value)
         if why:
             return f"{key} {value[:80]!r}{'...' if len(value) > 80 else ''} is not a valid UID: {why}"
     for key, limit in IDENTITY_LIMITS.items():
-        value = _raw(ds, key).strip()
+        value = text(ds, key)
         if len(value) > limit:
             return (f"{key} is {len(value)} characters long, more than {limit}: refused rather than cut (two "
                     "patients whose IDs differ after the cut would become one)")
@@ -131,7 +118,7 @@ def header_problem(ds: Dataset) -> str | None:
 def _s(ds: Dataset, key: str, limit: int = 64, cut: list | None = None) -> str:
     """The value of ``key`` as stripped text, at most ``limit`` characters; a longer value is noted in ``cut``
     (keyword, length, limit) so that the caller can say so (identity values never get here: header_problem)."""
-    v = _raw(ds, key).strip()
+    v = text(ds, key)
     if len(v) > limit:
         if cut is not None:
             cut.append((key, len(v), limit))
@@ -143,29 +130,6 @@ def _log_cut(cut: list, what: str) -> None:
     if cut:
         log.warning("%s: %s longer than the index keeps; the index holds the first characters, the spool file the "
                     "whole value", what, ", ".join(f"{k} ({n} characters, kept {lim})" for k, n, lim in cut))
-
-
-def parse_da(value) -> _dt.date | None:
-    """DICOM DA ('YYYYMMDD') → date, None when empty or invalid."""
-    text = str(value or "").strip()
-    try:
-        return _dt.datetime.strptime(text[:8], "%Y%m%d").date() if text else None
-    except ValueError:
-        return None
-
-
-def _int(value) -> int | None:
-    try:
-        return int(str(value).strip()) if str(value or "").strip() else None
-    except ValueError:
-        return None
-
-
-def _float(value) -> float | None:
-    try:
-        return float(str(value).strip()) if str(value or "").strip() else None
-    except ValueError:
-        return None
 
 
 @dataclass
@@ -327,9 +291,9 @@ def record_instance(session: Session, ds: Dataset, *, path: Path, size: int, sha
                           "into one study")
     series, _ = _cached_get_or_create(session, Series, {"series_uid": series_uid}, lambda: dict(
         study_id=study.id, study_uid=study_uid, modality=_s(ds, "Modality", 16, cut),
-        description=_s(ds, "SeriesDescription", 128, cut), number=_int(ds.get("SeriesNumber")),
+        description=_s(ds, "SeriesDescription", 128, cut), number=parse_is(ds.get("SeriesNumber")),
         image_type=_s(ds, "ImageType", 128, cut), sop_class_uid=_s(ds, "SOPClassUID"),
-        frame_of_reference_uid=_s(ds, "FrameOfReferenceUID"), slice_thickness_mm=_float(ds.get("SliceThickness")),
+        frame_of_reference_uid=_s(ds, "FrameOfReferenceUID"), slice_thickness_mm=parse_ds(ds.get("SliceThickness")),
         body_part=_s(ds, "BodyPartExamined", 64, cut), first_received_at=now, last_received_at=now), cache)
     if series.study_uid != study_uid or series.study_id != study.id:
         raise UidConflict(f"Series Instance UID {series_uid} already belongs to study {series.study_uid}: instance "
@@ -365,7 +329,7 @@ def record_instance(session: Session, ds: Dataset, *, path: Path, size: int, sha
             with (session.begin_nested() if _savepoints(session) else _nullcontext()):
                 row = Instance(
                     sop_instance_uid=sop_uid, sop_class_uid=_s(ds, "SOPClassUID"), series_uid=series_uid,
-                    study_uid=study_uid, instance_number=_int(ds.get("InstanceNumber")), path=str(path),
+                    study_uid=study_uid, instance_number=parse_is(ds.get("InstanceNumber")), path=str(path),
                     size_bytes=size, sha256=sha256, transfer_syntax=transfer_syntax, calling_ae=calling_ae[:16],
                     received_at=now, late=late, versions=1)
                 session.add(row)
@@ -434,7 +398,7 @@ def record_new_instances(conn, entries: list[tuple[Dataset, dict]],
         size = int(kw["size"])
         rows.append(dict(
             sop_instance_uid=sop, sop_class_uid=_s(ds, "SOPClassUID"), series_uid=series_uid, study_uid=study_uid,
-            instance_number=_int(ds.get("InstanceNumber")), path=str(kw["path"]), size_bytes=size,
+            instance_number=parse_is(ds.get("InstanceNumber")), path=str(kw["path"]), size_bytes=size,
             sha256=kw["sha256"], transfer_syntax=kw["transfer_syntax"], calling_ae=kw["calling_ae"][:16],
             received_at=now, versions=1, late=False))
         n, b = per_study.get(study_uid, (0, 0))
@@ -470,59 +434,6 @@ def expect_retrieved_study(session: Session, study_uid: str) -> None:
     elif study.n_instances == 0:
         study.origin = "retrieved"
         study.state = STUDY_COMPLETE
-
-
-# --------------------------------------------------------------------------------------------------- summaries
-
-def _series_summary(s: Series, paths: list[Path] | None = None) -> SeriesSummary:
-    return SeriesSummary(
-        series_uid=s.series_uid, modality=s.modality, description=s.description, number=s.number,
-        image_type=tuple(p for p in s.image_type.split("\\") if p), sop_class_uid=s.sop_class_uid,
-        frame_of_reference_uid=s.frame_of_reference_uid, slice_thickness_mm=s.slice_thickness_mm,
-        n_instances=s.n_instances, body_part=s.body_part, paths=paths or [])
-
-
-def _study_summary(session: Session, st: Study, with_paths: bool = True) -> StudySummary:
-    series = session.scalars(select(Series).where(Series.study_id == st.id).order_by(Series.number,
-                                                                                      Series.id)).all()
-    return StudySummary(
-        study_uid=st.study_uid,
-        patient=PatientIdentity(patient_id=st.patient_id, issuer=st.issuer, name=st.patient_name,
-                                birth_date=st.birth_date, sex=st.sex),
-        study_date=st.study_date, study_time=st.study_time or "", study_description=st.description, accession_number=st.accession_number,
-        calling_ae=st.calling_ae,
-        series=[_series_summary(s, series_paths(session, s.series_uid, st.study_uid) if with_paths else None)
-                for s in series],
-        source="local")
-
-
-def study_summary(session: Session, study_uid: str, with_paths: bool = True) -> StudySummary | None:
-    """The received study ``study_uid`` as a :class:`StudySummary` (series with spool paths), or None."""
-    st = session.scalar(select(Study).where(Study.study_uid == study_uid))
-    if st is None or st.n_instances == 0:
-        return None
-    return _study_summary(session, st, with_paths)
-
-
-def studies_for_patient(session: Session, patient_id: str, issuer: str = "",
-                        with_paths: bool = True) -> list[StudySummary]:
-    """Locally held studies of a patient (same PatientID; same issuer when both are given), newest first."""
-    q = select(Study).where(Study.patient_id == patient_id, Study.n_instances > 0)
-    rows = [st for st in session.scalars(q).all() if not (issuer and st.issuer and st.issuer != issuer)]
-    rows.sort(key=lambda st: (st.study_date or _dt.date.min, st.study_time), reverse=True)
-    return [_study_summary(session, st, with_paths) for st in rows]
-
-
-def series_paths(session: Session, series_uid: str, study_uid: str | None = None) -> list[Path]:
-    """Spool paths of a series' instances, ordered by InstanceNumber (then SOP UID); with ``study_uid`` only
-    those indexed under that study (the index refuses a Series UID under a second study, so this is a guard)."""
-    q = select(Instance.path, Instance.instance_number, Instance.sop_instance_uid).where(
-        Instance.series_uid == series_uid)
-    if study_uid is not None:
-        q = q.where(Instance.study_uid == study_uid)
-    rows = session.execute(q).all()
-    rows = sorted(rows, key=lambda r: (r[1] if r[1] is not None else 1 << 30, r[2]))
-    return [Path(r[0]) for r in rows]
 
 
 # ------------------------------------------------------------------------------------------------ group commit

@@ -23,8 +23,17 @@ import select
 import signal
 import subprocess
 import sys
+import socket
 import threading
 import time
+from pathlib import Path
+
+from node.config import NodeConfig
+from node.ops.logging_setup import configure
+from node.receive.receiver import Receiver
+from node.receive.shared_listener import ReceiverLoad
+from node.receive.spool import Spool
+from node.store.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -188,19 +197,8 @@ def main() -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    from pathlib import Path
-
-    from node.config import NodeConfig
-    from node.store.db import Database
-    import socket
-
-    from node.receive.receiver import Receiver
-    from node.receive.shared_listener import ReceiverLoad
-    from node.receive.spool import Spool
-
     cfg = NodeConfig.model_validate_json(sys.stdin.read(), context={"defer_references": True})
-    logging.basicConfig(level=getattr(logging, cfg.logging.level, logging.INFO), stream=sys.stderr,
-                        format=f"%(asctime)s %(levelname)s receiver-{os.getpid()} %(name)s: %(message)s")
+    configure(cfg.logging, tag=f"receiver-{os.getpid()}")
     db = Database(cfg.node.database_url(), create=False)
     spool = Spool(Path(cfg.node.data_dir) / "spool", min_free_mb=cfg.node.min_free_disk_mb, fsync=cfg.node.fsync)
     try:

@@ -21,7 +21,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from node.store.db import STUDY_COMPLETE, STUDY_RECEIVING, STUDY_ROUTE_FAILED, Database, Study, add_event, utcnow
-from node.receive.index import study_summary
+from node.store.queries import study_summary
 from node.store.queue import enqueue
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """The console's own tables: console users, API tokens, signed-in sessions and versioned routing-rule documents.
 
-They live on the node database's declarative ``Base`` (``node.store.db.Base``), so one
-``create_all`` (``node.store.db.Database.create_all``) makes every table once this module is imported.
+They live on the node database's declarative ``Base`` (``node.store.base.Base``), so one
+``create_all`` (``node.store.db.Database.create_all``) makes every table (node.store.db imports this module).
 :func:`create_tables` creates only these tables (idempotent). Times are naive UTC, like every node.db column.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy import Boolean, DateTime, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from node.store.db import Base, utcnow
+from node.store.base import Base, utcnow
 
 
 class ConsoleUser(Base):

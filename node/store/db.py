@@ -41,36 +41,23 @@ from typing import Any, Iterator
 from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text,
                         UniqueConstraint, create_engine, event)
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm import Mapped, Session, mapped_column, relationship, sessionmaker
+
+from node.store import console as _console  # noqa: F401 - the console's tables on the same Base, made by create_all
+from node.audit import models as _audit  # noqa: F401,E402 - audit_log (append-only) on the same Base
+from node.notify import models as _notify  # noqa: F401,E402 - the notification outbox on the same Base
+from node.store.base import Base, utcnow
+from node.store.states import JOB_STATES, JOB_TERMINAL, SEND_STATES, STUDY_STATES  # noqa: F401 - re-exported
+from node.store.states import JobOutcome, JobState, SendState, StudyState
 
 UID = String(64)
 
-# study states
-STUDY_RECEIVING = "receiving"
-STUDY_COMPLETE = "complete"
-STUDY_ROUTE_FAILED = "route_failed"
-STUDY_STATES = (STUDY_RECEIVING, STUDY_COMPLETE, STUDY_ROUTE_FAILED)
-
-# job states and outcomes
-JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_FAILED, JOB_DEAD = "queued", "running", "done", "failed", "dead"
-JOB_STATES = (JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_FAILED, JOB_DEAD)
-JOB_TERMINAL = (JOB_DONE, JOB_FAILED, JOB_DEAD)
-OUTCOME_REGISTERED, OUTCOME_NO_PRIOR, OUTCOME_SKIPPED = "registered", "no_prior", "skipped"
-
-# send states
-SEND_QUEUED, SEND_SENDING, SEND_DONE, SEND_DEAD = "queued", "sending", "done", "dead"
-SEND_STATES = (SEND_QUEUED, SEND_SENDING, SEND_DONE, SEND_DEAD)
-
-
-def utcnow() -> _dt.datetime:
-    """Current time as a naive UTC datetime (the convention of every timestamp column)."""
-    return _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None)
-
-
-class Base(DeclarativeBase):
-    """Declarative base of the node's tables (the web console may add its own tables to this metadata)."""
-
-    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+# the states as their enums (node.store.states) under the names the stages use
+STUDY_RECEIVING, STUDY_COMPLETE, STUDY_ROUTE_FAILED = StudyState.RECEIVING, StudyState.COMPLETE, StudyState.ROUTE_FAILED
+JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_FAILED, JOB_DEAD = (JobState.QUEUED, JobState.RUNNING, JobState.DONE,
+                                                           JobState.FAILED, JobState.DEAD)
+OUTCOME_REGISTERED, OUTCOME_NO_PRIOR, OUTCOME_SKIPPED = JobOutcome.REGISTERED, JobOutcome.NO_PRIOR, JobOutcome.SKIPPED
+SEND_QUEUED, SEND_SENDING, SEND_DONE, SEND_DEAD = SendState.QUEUED, SendState.SENDING, SendState.DONE, SendState.DEAD
 
 
 class Study(Base):
@@ -277,7 +264,7 @@ def make_engine(url: str, sqlite_synchronous: str = "FULL") -> Engine:
     SQLite: WAL journal, 30 s busy timeout, ``BEGIN IMMEDIATE`` for every transaction, parent folder created;
     ``sqlite_synchronous`` FULL (every commit fsyncs the WAL) or NORMAL (the receiver's index writer: a commit
     survives a crash of the process but not a power loss; the spool files it indexes are fsynced and
-    :func:`node.receive.receiver.reindex_spool` re-indexes them at start-up).
+    :func:`node.receive.ingest.reindex_spool` re-indexes them at start-up).
     PostgreSQL: pre-ping; pass ``?options=-csearch_path%3Dmyschema`` in the URL to use a schema.
     """
     u = make_url(url)
@@ -308,7 +295,10 @@ def make_engine(url: str, sqlite_synchronous: str = "FULL") -> Engine:
 
 
 class Database:
-    """Engine + session factory of the node database; creates the tables on first use."""
+    """Engine + session factory of the node database; upgrades its schema to the newest migration on first use.
+
+    ``create=False``: use the database as it is (a child process of a node that already upgraded it).
+    """
 
     def __init__(self, url: str, create: bool = True, sqlite_synchronous: str = "FULL"):
         self.url = url
@@ -317,16 +307,15 @@ class Database:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._lock = threading.Lock()
         if create:
-            self.create_all()
+            self.upgrade()
 
-    def create_all(self) -> None:
-        """Create missing tables (idempotent; safe when several processes start together)."""
-        from sqlalchemy.exc import IntegrityError, ProgrammingError
-        import node.store.console  # noqa: F401 - console tables (users, tokens, rule versions) on the same Base
-        try:
-            Base.metadata.create_all(self.engine)
-        except (IntegrityError, ProgrammingError):  # another process created them at the same moment
-            Base.metadata.create_all(self.engine)
+    def upgrade(self) -> tuple[str | None, str]:
+        """Bring the schema to the newest Alembic revision (node.store.migrate.upgrade: idempotent, under a lock
+        when several processes start together; a pre-migration database is stamped first); (before, after)."""
+        from node.store.migrate import upgrade
+        return upgrade(self.engine)
+
+    create_all = upgrade  # the name callers used before migrations
 
     @contextmanager
     def session(self) -> Iterator[Session]:

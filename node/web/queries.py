@@ -1,8 +1,7 @@
 """Read-only views of the node database for the console and the API (no writes here).
 
-Times are naive UTC (the node.db convention). QC numbers come from ``Job.qc`` (the registration report);
-:func:`qc_numbers` accepts the report's flat keys (``similarity_before``, ``folding_percent``, ...) or nested
-ones (``{"similarity": {"identity": .., "final": ..}}`` as registration_core's report has them).
+Times are naive UTC (the node.db convention). QC numbers and problems come from ``Job.qc`` through
+:mod:`node.work.qc` (the one place that reads them and applies the thresholds).
 """
 from __future__ import annotations
 
@@ -15,51 +14,7 @@ from sqlalchemy.orm import Session
 
 from node.config import QcThresholds
 from node.store.db import JOB_QUEUED, JOB_STATES, Event, Job, JobRun, Send, Study, utcnow
-
-_QC_KEYS = {
-    "similarity_before": ("similarity_before", "similarity.before", "similarity.identity", "lncc_before", "ncc_before"),
-    "similarity_after": ("similarity_after", "similarity.after", "similarity.final", "lncc_after", "ncc_after"),
-    "folding_percent": ("folding_percent", "folding.percent", "folding"),
-    "sdlogj": ("sdlogj", "sd_log_j", "jacobian.sdlogj"),
-}
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in (d or {}).items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def qc_numbers(qc: dict[str, Any] | None) -> dict[str, float | None]:
-    """similarity_before/after (unitless, higher is better), folding_percent (% of voxels with J <= 0) and sdlogj
-    (std of log Jacobian) from a job's QC report; None where absent."""
-    flat = _flatten(qc or {})
-    out: dict[str, float | None] = {}
-    for name, keys in _QC_KEYS.items():
-        val = next((flat[k] for k in keys if isinstance(flat.get(k), (int, float))), None)
-        out[name] = float(val) if val is not None else None
-    return out
-
-
-def qc_problems(numbers: dict[str, float | None], t: QcThresholds) -> list[str]:
-    """Plain-words reasons why QC numbers are suspicious under thresholds ``t`` (empty list: looks fine)."""
-    out = []
-    f, s = numbers.get("folding_percent"), numbers.get("sdlogj")
-    b, a = numbers.get("similarity_before"), numbers.get("similarity_after")
-    if f is not None and f > t.max_folding_percent:
-        out.append(f"folding {f:.3g} % is above the limit of {t.max_folding_percent:g} %")
-    if s is not None and s > t.max_sdlogj:
-        out.append(f"SDlogJ {s:.3g} is above the limit of {t.max_sdlogj:g}")
-    if a is not None and b is not None and (a - b) < t.min_similarity_gain:
-        out.append(f"similarity changed by {a - b:+.3g} (before {b:.3g}, after {a:.3g}); "
-                   f"at least {t.min_similarity_gain:+g} expected")
-    return out
-
+from node.work.qc import qc_numbers, qc_problems
 
 @dataclass
 class JobFilter:

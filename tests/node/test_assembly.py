@@ -10,8 +10,9 @@ from sqlalchemy import select
 from conftest import make_series
 from node.route.assembly import Assembler, reroute
 from node.store.db import STUDY_COMPLETE, STUDY_RECEIVING, Database, Event, Job, Study, utcnow
-from node.receive.index import expect_retrieved_study, series_paths, studies_for_patient, study_summary
-from node.receive.receiver import STATUS_OK, ingest
+from node.receive.index import expect_retrieved_study
+from node.store.queries import series_paths, studies_for_patient, study_summary
+from node.receive.ingest import STATUS_OK, ingest
 from node.service import make_spool
 
 

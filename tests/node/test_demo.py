@@ -14,7 +14,7 @@ def test_demo_inputs_and_config_are_consistent(tmp_path):
     from pydicom import dcmread
 
     from node.config import parse_config
-    from node.priors.choice import summary_from_files
+    from node.store.header import summary_from_files
     from node.route.rules import route_study
 
     studies = write_demo_studies(tmp_path / "in", spacing_mm=16.0, realistic=False)

@@ -9,7 +9,9 @@ from pydicom import dcmread
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from node.config import NodeConfig, PacsConfig, Rule
-from node.priors.choice import FolderSink, choose, find_priors, summary_from_files
+from node.priors.choice import choose, find_priors
+from node.priors.pacs import FolderSink
+from node.store.header import summary_from_files
 from node.store.study import PatientIdentity, SeriesSummary, StudySummary
 from orthanc_server import orthanc, small_ct_study  # noqa: F401 - fixture
 from tools import free_port

@@ -13,8 +13,9 @@ from node.route.assembly import Assembler
 from node.store.db import (JOB_DEAD, JOB_DONE, JOB_FAILED, SEND_DEAD, SEND_DONE, SEND_QUEUED, Database, Event, Job,
                      JobRun, Send, utcnow)
 from node.dispatch.dispatcher import Dispatcher, job_delivery, resend
-from node.work.worker import Worker, result_files
-from node.receive.receiver import STATUS_OK, ingest
+from node.store.queries import result_files
+from node.work.worker import Worker
+from node.receive.ingest import STATUS_OK, ingest
 from node.service import make_spool
 from tools import free_port
 

@@ -227,7 +227,7 @@ def test_startup_indexes_spool_files_whose_rows_were_lost(receiver, tmp_path):
     """The index writer commits without a WAL fsync (the spool file is fsynced before the acknowledgement): after
     a power loss the newest rows can be gone. Start-up recovery indexes those files again and removes a file that
     was cut short (never acknowledged)."""
-    from node.receive.receiver import reindex_spool
+    from node.receive.ingest import reindex_spool
     cfg, db, rcv = receiver()
     files = make_series(tmp_path / "in", n_slices=3)
     assert _scu_store(cfg.node.port, files) == [0, 0, 0]

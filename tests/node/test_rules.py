@@ -6,7 +6,9 @@ from datetime import date
 import pytest
 
 from node.config import ConfigError, NodeConfig, Rule, parse_config, parse_rules
-from node.route.rules import dry_run, explain_no_route, match_rule, pick_series, route_study
+from node.priors.dryrun import dry_run
+from node.route.rules import explain_no_route, match_rule, route_study
+from node.route.series import pick_series
 from node.store.study import PatientIdentity, SeriesSummary, StudySummary
 
 CT = "1.2.840.10008.5.1.4.1.1.2"

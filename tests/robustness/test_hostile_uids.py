@@ -155,7 +155,7 @@ def rows(db, model, **where):
 
 def patients_in_series(db, series_uid: str) -> set[str]:
     """The PatientIDs of the files the index lists for a series (read from the spool files themselves)."""
-    from node.receive.index import series_paths
+    from node.store.queries import series_paths
     with db.session() as s:
         return {str(dcmread(p, stop_before_pixels=True).PatientID) for p in series_paths(s, series_uid)}
 
@@ -196,7 +196,7 @@ def test_study_uids_differing_after_char_64_are_refused_never_merged(receiver, d
 def test_sop_uid_resent_under_another_patient_is_refused_and_restart_keeps_it(receiver, database_url, tmp_path,
                                                                                caplog):
     from node.store.db import Instance, Series, Study
-    from node.receive.index import study_summary
+    from node.store.queries import study_summary
     cfg, db, rcv = receiver(database_url)
     sa, ra, sb, rb = uid(101), uid(101, ".1"), uid(102), uid(102, ".1")
     x, y, z = uid(101, ".1.1"), uid(101, ".1.2"), uid(102, ".1.3")
