@@ -11,7 +11,7 @@ import logging
 import sys
 
 #: sub-command name -> module under node.commands
-COMMANDS = ("register", "serve", "demo", "train", "worker", "rules", "console")
+COMMANDS = ("register", "serve", "demo", "train", "worker", "rules", "console", "db")
 
 
 def build_parser() -> argparse.ArgumentParser:
