@@ -290,6 +290,59 @@ class QcThresholds(_Strict):
     min_similarity_gain: float = 0.0
 
 
+#: what a notification target can subscribe to (``events:``; ``job.*``, ``node.*`` and ``*`` match groups)
+NOTIFY_EVENTS = ("job.registered", "job.no_prior", "job.suspicious", "job.failed", "job.dead",
+                 "node.disk_low", "node.disk_ok", "node.pacs_unreachable", "node.pacs_reachable",
+                 "node.receiver_down", "node.receiver_up")
+
+
+class NotificationTarget(_Strict):
+    """Where node events go (``notifications:``, a list): a webhook (HTTP POST of a signed JSON body, see
+    :mod:`node.notify`) or an e-mail through an SMTP relay. No patient names or IDs unless ``include_phi``."""
+
+    name: str = ""  # shown in the console; default: the URL's host or the e-mail address
+    kind: Literal["webhook", "email"] = "webhook"
+    url: str | None = None  # webhook: http(s)://...
+    secret: str | None = None  # webhook: HMAC-SHA256 key of the X-TotalReg-Signature header
+    events: list[str] = Field(default_factory=lambda: ["*"])  # names of NOTIFY_EVENTS, or 'job.*', 'node.*', '*'
+    include_phi: bool = False  # patient name, ID, birth date, accession number in the body
+    timeout_s: float = Field(10.0, gt=0, le=300)
+    retry: RetrySettings = Field(default_factory=lambda: RetrySettings(max_attempts=10, backoff_s=10.0,
+                                                                       max_backoff_s=3600.0))
+    smtp_host: str | None = None  # email: the relay (no authentication, or smtp_user/smtp_password)
+    smtp_port: int = Field(25, ge=1, le=65535)
+    smtp_starttls: bool = False
+    smtp_user: str | None = None
+    smtp_password: str | None = None
+    mail_from: str | None = None
+    mail_to: list[str] = Field(default_factory=list)
+
+    @field_validator("events")
+    @classmethod
+    def _known_events(cls, v: list[str]) -> list[str]:
+        groups = {"*", "job.*", "node.*"}
+        bad = [e for e in v if e not in NOTIFY_EVENTS and e not in groups]
+        if bad:
+            raise ValueError(f"unknown event {', '.join(bad)} (known: {', '.join(NOTIFY_EVENTS)}, job.*, node.*, *)")
+        return v
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> "NotificationTarget":
+        if self.kind == "webhook":
+            if not self.url or not self.url.startswith(("http://", "https://")):
+                raise ValueError("a webhook needs url: http(s)://...")
+        elif not (self.smtp_host and self.mail_from and self.mail_to):
+            raise ValueError("an email target needs smtp_host, mail_from and mail_to")
+        if not self.name:
+            from urllib.parse import urlsplit
+            self.name = (urlsplit(self.url).netloc if self.kind == "webhook" else self.mail_to[0])[:128]
+        return self
+
+    def wants(self, event: str) -> bool:
+        """True when this target subscribed to ``event`` (a name of :data:`NOTIFY_EVENTS`)."""
+        return any(e == "*" or e == event or (e.endswith(".*") and event.startswith(e[:-1])) for e in self.events)
+
+
 def _default_destinations() -> list[DestinationConfig]:
     return [DestinationConfig(name="local", kind="folder", path=Path("./var/outbox"))]
 
@@ -311,6 +364,7 @@ class NodeConfig(_Strict):
     web: WebSettings = Field(default_factory=WebSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     qc: QcThresholds = Field(default_factory=QcThresholds)
+    notifications: list[NotificationTarget] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _references(self, info: ValidationInfo) -> "NodeConfig":
@@ -324,7 +378,8 @@ class NodeConfig(_Strict):
     def reference_problems(self) -> list[tuple[tuple[Any, ...], str]]:
         """Cross-references that do not resolve, as (key path, message): duplicate names, unknown send_to."""
         out: list[tuple[tuple[Any, ...], str]] = []
-        for what, items in (("pacs", self.pacs), ("destinations", self.destinations), ("rules", self.rules)):
+        for what, items in (("pacs", self.pacs), ("destinations", self.destinations), ("rules", self.rules),
+                            ("notifications", self.notifications)):
             names = [i.name for i in items]
             dup = sorted({n for n in names if names.count(n) > 1})
             if dup:

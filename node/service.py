@@ -104,6 +104,9 @@ class NodeService:
             self._thread("assembly", Assembler(self.cfg, self.db).run)
             self._thread("dispatcher", Dispatcher(self.cfg, self.db, owner=worker_name("dispatcher"),
                                                   poll_s=self.poll_s).run)
+            from node.notify.delivery import HealthWatch, Notifier  # job outcomes and node health -> webhooks
+            self._thread("notify", Notifier(self.cfg, self.db, poll_s=max(self.poll_s, 1.0)).run)
+            self._thread("health", HealthWatch(self.cfg, self.db, receiver_alive=self.receiver_alive).run)
         for i in range(self.n_workers):
             w = Worker(self.cfg, self.db, self.spool, name=worker_name(f"w{i}"), poll_s=self.poll_s,
                        kinds=self.worker_kinds)
