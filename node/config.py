@@ -290,6 +290,63 @@ class QcThresholds(_Strict):
     min_similarity_gain: float = 0.0
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
+               "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
+
+
+def parse_size(value: int | float | str) -> int:
+    """Bytes of a size given as a number of bytes or a string with a unit ("2 GB" = 2e9, "1.5GiB", "500 MB")."""
+    if isinstance(value, (int, float)):
+        return int(value)
+    import re
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([a-zA-Z]*)\s*", str(value))
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"'{value}' is not a size (bytes, or a number with B, kB, MB, GB, TB, KiB, MiB, GiB, TiB)")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+class RetentionSettings(_Strict):
+    """What the node deletes and when (``retention:``; :mod:`node.retention`).
+
+    Age limits in days (``null``: kept until the disk watermarks need the room). Watermarks: a number of bytes or a
+    size string ("1.8 GB": the node's own data, spool + results, as the index counts it) or a percentage ("90%":
+    of ``max_bytes`` when set, else of the spool's file system as ``df`` counts it). Above ``high_watermark`` the
+    oldest eligible data goes until usage is at ``low_watermark``. Data a queued or running job, an undelivered
+    send or a pending late-instance follow-up needs is never eligible."""
+
+    enabled: bool = True
+    tick_s: float = Field(60.0, gt=0)  # seconds between purge passes of `totalreg serve`
+    received_studies_days: float | None = Field(None, ge=0)  # studies sent to the node
+    retrieved_priors_days: float | None = Field(None, ge=0)  # priors the node fetched from a PACS
+    job_results_days: float | None = Field(None, ge=0)  # <data_dir>/results/<job id>/ of finished jobs
+    records_days: float | None = Field(None, ge=0)  # finished jobs' rows (runs, sends) and events, once their files went
+    max_bytes: int | str | None = None  # total limit of spool + results, e.g. "2 GB"
+    high_watermark: int | str = "90%"
+    low_watermark: int | str = "80%"
+
+    @field_validator("max_bytes", "high_watermark", "low_watermark")
+    @classmethod
+    def _size_or_percent(cls, v):
+        if v is None:
+            return v
+        if isinstance(v, str) and v.strip().endswith("%"):
+            pct = float(v.strip()[:-1])
+            if not 0 < pct <= 100:
+                raise ValueError(f"'{v}': a percentage must be in (0, 100]")
+            return v.strip()
+        return parse_size(v)
+
+    @model_validator(mode="after")
+    def _low_below_high(self) -> "RetentionSettings":
+        if type(self.high_watermark) is type(self.low_watermark):
+            hi, lo = self.high_watermark, self.low_watermark
+            if isinstance(hi, str):
+                hi, lo = float(hi[:-1]), float(lo[:-1])
+            if lo > hi:
+                raise ValueError("low_watermark must not be above high_watermark")
+        return self
+
+
 #: what a notification target can subscribe to (``events:``; ``job.*``, ``node.*`` and ``*`` match groups)
 NOTIFY_EVENTS = ("job.registered", "job.no_prior", "job.suspicious", "job.failed", "job.dead",
                  "node.disk_low", "node.disk_ok", "node.pacs_unreachable", "node.pacs_reachable",
@@ -364,6 +421,7 @@ class NodeConfig(_Strict):
     web: WebSettings = Field(default_factory=WebSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     qc: QcThresholds = Field(default_factory=QcThresholds)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     notifications: list[NotificationTarget] = Field(default_factory=list)
 
     @model_validator(mode="after")

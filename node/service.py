@@ -64,6 +64,7 @@ class NodeService:
         self._uvicorn = None
         self._listen = None  # the listening socket shared by several receiver processes
         self._load = None  # their load table (node.receive.shared_listener.ReceiverLoad)
+        self.retention = None  # node.retention.runner.Retention when purging runs here
 
     def _thread(self, name: str, target) -> None:
         t = threading.Thread(target=target, args=(self.stop_event,), name=name, daemon=True)
@@ -73,6 +74,9 @@ class NodeService:
     def start(self) -> None:
         """Recover, then start every configured stage."""
         recover(self.db, self.spool, cleanup_spool=self.receive)
+        if self.receive:  # a purge a crash interrupted is finished before anything reads the index
+            from node.retention.purge import repair
+            repair(self.db, self.cfg)
         if self.receive:
             n_proc = receiver_process_count(self.cfg.node.receiver_processes)
             listen = load = None
@@ -104,6 +108,10 @@ class NodeService:
             self._thread("assembly", Assembler(self.cfg, self.db).run)
             self._thread("dispatcher", Dispatcher(self.cfg, self.db, owner=worker_name("dispatcher"),
                                                   poll_s=self.poll_s).run)
+            if self.cfg.retention.enabled:  # periodic purge: age limits and disk watermarks (node.retention)
+                from node.retention.runner import Retention
+                self.retention = Retention(self.cfg, self.db)
+                self._thread("retention", self.retention.run)
             from node.notify.delivery import HealthWatch, Notifier  # job outcomes and node health -> webhooks
             self._thread("notify", Notifier(self.cfg, self.db, poll_s=max(self.poll_s, 1.0)).run)
             self._thread("health", HealthWatch(self.cfg, self.db, receiver_alive=self.receiver_alive).run)

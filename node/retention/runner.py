@@ -1,0 +1,89 @@
+"""The periodic purge of ``totalreg serve`` and the status file the console's dashboard reads.
+
+Every ``retention.tick_s`` seconds: one :func:`node.retention.purge.purge` (index queries + the results size cache,
+no spool walk), then a usage sample. ``<data_dir>/retention/status.json`` (written atomically) holds the latest
+usage, the last samples (the trend), the time of the next purge and what the last purges did; the console reads it
+with :func:`read_status`. Sizes are bytes, times ISO 8601 UTC.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from node.retention.purge import purge, roots
+from node.retention.usage import ResultSizes, measure
+from node.store.db import Database, utcnow
+
+log = logging.getLogger(__name__)
+
+MAX_SAMPLES = 60
+
+
+def status_path(data_dir: str | Path) -> Path:
+    """Where the retention status file of a node lives."""
+    return Path(data_dir).resolve() / "retention" / "status.json"
+
+
+def read_status(data_dir: str | Path) -> dict | None:
+    """The retention status of a node (see the module docstring), or None before the first purge pass."""
+    try:
+        return json.loads(status_path(data_dir).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class Retention:
+    """The purge loop: ``run(stop)`` until ``stop`` is set; :meth:`tick` is one pass (also used by tests)."""
+
+    def __init__(self, cfg, db: Database, tick_s: float | None = None):
+        self.cfg, self.db = cfg, db
+        self.tick_s = float(tick_s if tick_s is not None else cfg.retention.tick_s)
+        self.sizes = ResultSizes()
+        self.path = status_path(cfg.node.data_dir)
+        old = read_status(cfg.node.data_dir) or {}
+        self.samples: list = list(old.get("samples", []))[-MAX_SAMPLES:]
+        self.purged_bytes = 0  # since this process started
+        self.purges: list = list(old.get("purges", []))[-10:]
+        self.peak_used = 0
+        self.ticks = 0
+
+    def tick(self) -> None:
+        """One purge pass, then a usage sample and the status file."""
+        res = purge(self.db, self.cfg, sizes=self.sizes)
+        now = utcnow()
+        if res.bytes or res.job_records or res.events:
+            self.purged_bytes += res.bytes
+            self.purges = (self.purges + [dict(at=now.isoformat(timespec="seconds"), bytes=res.bytes,
+                                               summary=res.summary())])[-10:]
+        with self.db.session() as s:
+            usage = measure(s, self.cfg.retention, roots(self.cfg)[0], self.sizes)
+        self.peak_used = max(self.peak_used, usage.used)
+        self.samples = (self.samples + [[now.isoformat(timespec="seconds"), usage.node_bytes, usage.fs_used]]
+                        )[-MAX_SAMPLES:]
+        self.ticks += 1
+        self._write(dict(updated_at=now.isoformat(timespec="seconds"), tick_s=self.tick_s,
+                         next_purge_at=(now + _dt.timedelta(seconds=self.tick_s)).isoformat(timespec="seconds"),
+                         usage=usage.as_dict(), samples=self.samples, purges=self.purges,
+                         purged_bytes_since_start=self.purged_bytes, peak_used=self.peak_used))
+
+    def _write(self, data: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self.path)
+
+    def run(self, stop: threading.Event) -> None:
+        """Purge every ``tick_s`` seconds until ``stop`` is set (the first pass at once)."""
+        log.info("retention: a purge pass every %.0f s", self.tick_s)
+        while not stop.is_set():
+            t0 = time.monotonic()
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - the database may be briefly unavailable; next tick
+                log.exception("retention: purge pass failed")
+            stop.wait(max(0.0, self.tick_s - (time.monotonic() - t0)))
