@@ -65,13 +65,35 @@ def _script():
 
 
 def heads() -> list[str]:
-    """The head revisions of the migration scripts (exactly one when the history is linear)."""
+    """The head revisions of the migration scripts as Alembic sees them (exactly one when the history is linear)."""
     return list(_script().get_heads())
 
 
+_REV_RE = re.compile(r"^revision\s*=\s*['\"]([^'\"]+)['\"]", re.M)
+_DOWN_RE = re.compile(r"^down_revision\s*=\s*(.+)$", re.M)
+
+
+@functools.lru_cache(maxsize=8)
+def _light_heads(_stamp: tuple) -> tuple[str, ...]:
+    revs, downs = set(), set()
+    for p in VERSIONS_DIR.glob("*.py"):
+        text = p.read_text(encoding="utf-8")
+        if (m := _REV_RE.search(text)) is None:
+            continue
+        revs.add(m.group(1))
+        if (d := _DOWN_RE.search(text)) is not None:
+            downs.update(re.findall(r"['\"]([^'\"]+)['\"]", d.group(1)))
+    return tuple(sorted(revs - downs))
+
+
 def head_revision() -> str:
-    """The newest revision id (raises when the history has several heads)."""
-    h = heads()
+    """The newest revision id (raises when the history has several heads).
+
+    Read from the version files' ``revision``/``down_revision`` lines without importing Alembic (start-up of a
+    database already at head stays cheap); tests/node/test_migrations.py checks it equals Alembic's head.
+    """
+    files = sorted(VERSIONS_DIR.glob("*.py"))
+    h = list(_light_heads(tuple((p.name, p.stat().st_mtime_ns) for p in files)))
     if len(h) != 1:
         raise RuntimeError(f"the node's migrations have {len(h)} heads ({', '.join(h)}); "
                            "re-point one revision's down_revision so that the history is linear")
@@ -80,8 +102,12 @@ def head_revision() -> str:
 
 def current_revision(conn: Connection) -> str | None:
     """The revision recorded in ``alembic_version`` (None: not versioned, a new or a pre-migration database)."""
-    from alembic.runtime.migration import MigrationContext
-    return MigrationContext.configure(conn).get_current_revision()
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    rows = conn.exec_driver_sql("SELECT version_num FROM alembic_version").fetchall()
+    if len(rows) > 1:
+        raise RuntimeError(f"alembic_version holds {len(rows)} revisions (branches); the node keeps one")
+    return rows[0][0] if rows else None
 
 
 def database_revision(engine: Engine) -> str | None:
@@ -135,22 +161,30 @@ def upgrade(engine: Engine, target: str = "head") -> tuple[str | None, str]:
     before = database_revision(engine)
     if before == head:  # the common case: nothing to do, no lock taken
         return before, head
-    from alembic import command
+    stamped = False
     with _upgrade_connection(engine) as conn:
         before = current_revision(conn)  # again, under the lock: another process may have just upgraded
         if before != head:
             if before is not None and before not in {s.revision for s in _script().walk_revisions()}:
                 raise RuntimeError(f"the database is at schema revision {before}, which this release does not "
                                    "know (made by a newer release?); not touching it")
-            cfg = alembic_config(connection=conn)
             stamped = before is None and _has_baseline_tables(conn)
             if stamped:
-                command.stamp(cfg, BASELINE)
-            command.upgrade(cfg, target)
-            log.info("database schema upgraded: %s -> %s", before or ("pre-migration, stamped " + BASELINE
-                                                                      if stamped else "empty"), _script().get_revision(target).revision)
+                _run(conn, lambda rev, _ctx: _script()._stamp_revs((BASELINE,), rev), BASELINE)
+            _run(conn, lambda rev, _ctx: _script()._upgrade_revs(target, rev), target)
         after = current_revision(conn)
+        if after != before:
+            log.info("database schema upgraded: %s -> %s",
+                     before or (f"pre-migration, stamped {BASELINE}" if stamped else "empty"), after)
     return before, after
+
+
+def _run(conn: Connection, fn, destination: str) -> None:
+    """Run env.py on ``conn`` with ``fn`` (what alembic.command.upgrade/stamp do, on the cached scripts)."""
+    from alembic.runtime.environment import EnvironmentContext
+    script = _script()
+    with EnvironmentContext(alembic_config(connection=conn), script, fn=fn, destination_rev=destination):
+        script.run_env()
 
 
 def _has_baseline_tables(conn: Connection) -> bool:

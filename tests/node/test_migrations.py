@@ -1,0 +1,264 @@
+"""Schema migrations (node.store.migrate, node/store/migrations): SQLite and PostgreSQL.
+
+* A database made by the release before migrations (tests/data/release_db, committed, never regenerated) upgrades in
+  place with ``totalreg db upgrade`` (a subprocess): every row of every table keeps its values, and the console
+  signs in with the old admin password.
+* The models and the migrations agree: Alembic's ``compare_metadata`` between a database at head and
+  ``Base.metadata`` finds nothing (a model change without its migration fails here), and the checker itself finds a
+  column the migrations lack.
+* One head; two processes upgrading the same fresh database at the same moment both succeed.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from tools import require
+
+ROOT = Path(__file__).resolve().parents[2]
+RELEASE = ROOT / "tests" / "data" / "release_db"
+ADMIN_PW, VIEWER_PW = "release-admin-pw", "release-viewer-pw"  # tests/data/release_db/README.md
+BACKENDS = ["sqlite", "postgresql"]
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+def _totalreg(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", "node.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=ROOT)
+
+
+def _rows(url: str) -> dict[str, list[dict]]:
+    """Every row of every table the release had, as plain dicts ordered by id (read with plain SQL)."""
+    from node.store.migrate import BASELINE_TABLES
+    eng = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    try:
+        with eng.connect() as c:
+            return {t: [dict(r._mapping) for r in c.execute(sa.text(f"SELECT * FROM {t} ORDER BY id"))]
+                    for t in BASELINE_TABLES}
+    finally:
+        eng.dispose()
+
+
+def _version_rows(url: str) -> list[str]:
+    eng = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    try:
+        with eng.connect() as c:
+            return [r[0] for r in c.execute(sa.text("SELECT version_num FROM alembic_version"))]
+    finally:
+        eng.dispose()
+
+
+def _schema_diff(url: str, metadata=None) -> list:
+    """Alembic's autogenerate comparison of the database at ``url`` with ``metadata`` (default Base.metadata)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+    from node.store.db import make_engine
+    from node.store.migrate import target_metadata
+    eng = make_engine(url)
+    try:
+        with eng.connect() as c:
+            mc = MigrationContext.configure(c, opts={"compare_type": True, "compare_server_default": True})
+            diff = compare_metadata(mc, metadata if metadata is not None else target_metadata())
+            c.rollback()
+    finally:
+        eng.dispose()
+    return diff
+
+
+def csrf_of(html: str) -> str:
+    m = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert m, "no CSRF token on the login page"
+    return m.group(1)
+
+
+@pytest.fixture
+def pg_database(pg_url):
+    """A fresh, empty PostgreSQL database (public schema); yields its URL; dropped afterwards."""
+    from node.store.db import make_engine
+    admin = make_engine(pg_url)
+    try:
+        with admin.connect() as c:
+            c.exec_driver_sql("SELECT 1")
+    except sa.exc.OperationalError:
+        require(f"PostgreSQL not reachable at {pg_url}")
+    name = f"tr_mig_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as c:
+        c.connection.dbapi_connection.autocommit = True
+        c.exec_driver_sql(f"CREATE DATABASE {name}")
+    base = sa.engine.make_url(pg_url)
+    yield base.set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as c:
+        c.connection.dbapi_connection.autocommit = True
+        c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.dispose()
+
+
+def _restore_pg(url: str) -> None:
+    """Load node-7f8eae7.pg.sql (pg_dump of the release) into the empty database at ``url`` with psql."""
+    psql = "/usr/bin/psql"
+    if not os.path.exists(psql):
+        require("psql (PostgreSQL client) not installed")
+    # \restrict/\unrestrict are pg_dump's guards against psql meta-commands in data; older psql lacks them
+    sql = "\n".join(ln for ln in (RELEASE / "node-7f8eae7.pg.sql").read_text().splitlines()
+                    if not ln.startswith(("\\restrict", "\\unrestrict")))
+    r = subprocess.run([psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url], input=sql, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.fixture(params=BACKENDS)
+def release_url(request, tmp_path):
+    """URL of a copy of the release's database (SQLite file copied to tmp, or the pg_dump restored)."""
+    if request.param == "sqlite":
+        path = tmp_path / "node.db"
+        path.write_bytes((RELEASE / "node-7f8eae7.sqlite").read_bytes())
+        return f"sqlite:///{path}"
+    url = request.getfixturevalue("pg_database")
+    _restore_pg(url)
+    return url
+
+
+@pytest.fixture(params=BACKENDS)
+def fresh_url(request, tmp_path):
+    """URL of a new, empty database: a SQLite file under tmp, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'fresh.db'}"
+    return request.getfixturevalue("pg_schema_url")
+
+
+# ------------------------------------------------------------------------------------------------ tests
+
+def test_release_database_upgrades_in_place(release_url, tmp_path):
+    """totalreg db upgrade on a database of the release before migrations: nothing lost, console sign-in works."""
+    from node.store import migrate
+    before = _rows(release_url)
+    # what the fixture holds (tests/data/release_db/README.md): the comparison below cannot pass on empty tables
+    n = {t: len(v) for t, v in before.items()}
+    assert (n["jobs"], n["sends"], n["events"], n["console_users"], n["api_tokens"]) == (5, 2, 6, 2, 1), n
+    assert sorted(j["state"] for j in before["jobs"]) == ["dead", "done", "done", "failed", "queued"]
+
+    r = _totalreg("db", "current", "--url", release_url)
+    assert r.returncode == 1 and "not versioned" in r.stdout, r.stdout + r.stderr
+    r = _totalreg("db", "upgrade", "--url", release_url)
+    assert r.returncode == 0, r.stdout + r.stderr
+    head = migrate.head_revision()
+    assert f"not versioned -> {head}" in r.stdout
+    assert _version_rows(release_url) == [head]
+
+    after = _rows(release_url)
+    for table, rows in before.items():  # later revisions may add columns: compare the release's columns
+        kept = [{k: row[k] for k in rows[0]} for row in after[table]] if rows else after[table]
+        assert kept == rows, f"{table} changed by the upgrade"
+    assert _schema_diff(release_url) == []  # the stamped + upgraded schema is exactly the models'
+
+    r = _totalreg("db", "upgrade", "--url", release_url)  # idempotent
+    assert r.returncode == 0 and "already the newest" in r.stdout, r.stdout + r.stderr
+
+    # the node reads it through its models, and the console signs in with the old passwords
+    from fastapi.testclient import TestClient
+    from node.config import parse_config
+    from node.store.db import Database, Job, Send, Event
+    from node.web.app import create_app
+    db = Database(release_url)
+    try:
+        with db.session() as s:
+            assert (s.query(Job).count(), s.query(Send).count(), s.query(Event).count()) == (5, 2, 6)
+        cfg = parse_config(f"""
+node: {{ae_title: TOTALREG, data_dir: {tmp_path / 'var'}}}
+web: {{admin_user: admin, secret_key: test-secret-key-0123456789}}
+""")
+        with TestClient(create_app(cfg, db, data_dir=tmp_path / "var", show_password=lambda _t: True)) as c:
+            def login(user, pw):
+                token = csrf_of(c.get("/login").text)
+                return c.post("/login", data={"username": user, "password": pw, "csrf_token": token},
+                              follow_redirects=False)
+            assert login("admin", "not-the-password").status_code == 401
+            ok = login("admin", ADMIN_PW)
+            assert ok.status_code == 303 and ok.headers["location"] == "/", ok.status_code
+            assert c.get("/jobs").status_code == 200
+        with TestClient(create_app(cfg, db, data_dir=tmp_path / "var", show_password=lambda _t: True)) as c:
+            token = csrf_of(c.get("/login").text)
+            r = c.post("/login", data={"username": "viewer", "password": VIEWER_PW, "csrf_token": token},
+                       follow_redirects=False)
+            assert r.status_code == 303
+    finally:
+        db.dispose()
+
+
+def test_models_and_migrations_agree(fresh_url):
+    """A database upgraded to head has exactly the models' schema (every schema change ships its migration)."""
+    from node.store import migrate
+    from node.store.db import Database
+    db = Database(fresh_url)
+    db.dispose()
+    assert _version_rows(fresh_url) == [migrate.head_revision()]
+    diff = _schema_diff(fresh_url)
+    assert diff == [], ("the models differ from the migrations; write the migration "
+                        f"(`totalreg db revision -m \"...\"`, see docs/CONTRACTS.md): {diff}")
+
+
+def test_schema_check_finds_a_column_without_migration(tmp_path):
+    """The check above can fail: a model column that no migration made is reported."""
+    from node.store.db import Database
+    from node.store.migrate import target_metadata
+    url = f"sqlite:///{tmp_path / 'n.db'}"
+    Database(url).dispose()
+    md = sa.MetaData()
+    for t in target_metadata().sorted_tables:
+        t.to_metadata(md)
+    md.tables["jobs"].append_column(sa.Column("retention_class", sa.String(16), nullable=True))
+    diff = _schema_diff(url, md)
+    assert [(d[0], d[2], d[3].name) for d in diff] == [("add_column", "jobs", "retention_class")], diff
+
+
+def test_one_head_and_linear_history():
+    """One head (two revisions on the same parent fail here), found the same way by Alembic and by the start-up
+    check; revision ids fit alembic_version (32 characters) and name their files."""
+    from node.store import migrate
+    assert migrate.heads() == [migrate.head_revision()]
+    revs = list(migrate._script().walk_revisions())  # newest first, raises on a broken chain
+    assert revs[-1].revision == migrate.BASELINE and revs[-1].down_revision is None
+    for s in revs:
+        assert len(s.revision) <= 32 and Path(s.path).name == f"{s.revision}.py", s.path
+        assert not isinstance(s.down_revision, tuple), f"{s.revision} merges branches; keep the history linear"
+
+
+_RACER = """
+import sys, time
+from node.store.db import make_engine
+from node.store import migrate
+import alembic.runtime.environment, alembic.script  # imported before the start line, so both start together
+migrate._script()
+start = float(sys.argv[2])
+while time.time() < start:
+    time.sleep(0.001)
+print(migrate.upgrade(make_engine(sys.argv[1])))
+"""
+
+
+def test_two_processes_upgrade_the_same_fresh_database(fresh_url):
+    """Two processes upgrading one new database at the same moment: both succeed, the schema is made once."""
+    from node.store import migrate
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    start = time.time() + 4.0
+    procs = [subprocess.Popen([sys.executable, "-c", _RACER, fresh_url, str(start)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+    head = migrate.head_revision()
+    results = sorted(out.strip() for out, _ in outs)
+    # one of them made the schema, the other found it made (under the lock, or already at head)
+    assert results == sorted([repr((None, head)), repr((head, head))]), results
+    assert _version_rows(fresh_url) == [head]
+    assert _schema_diff(fresh_url) == []
