@@ -75,12 +75,6 @@ def _schema_diff(url: str, metadata=None) -> list:
     return diff
 
 
-def csrf_of(html: str) -> str:
-    m = re.search(r'name="csrf_token" value="([^"]+)"', html)
-    assert m, "no CSRF token on the login page"
-    return m.group(1)
-
-
 @pytest.fixture
 def pg_database(pg_url):
     """A fresh, empty PostgreSQL database (public schema); yields its URL; dropped afterwards."""
@@ -136,6 +130,13 @@ def fresh_url(request, tmp_path):
     return request.getfixturevalue("pg_schema_url")
 
 
+def _sign_in(client, user: str, password: str):
+    """POST the console's login form (with the page's CSRF token); 303 on success."""
+    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text).group(1)
+    return client.post("/login", data={"username": user, "password": password, "csrf_token": token},
+                       follow_redirects=False)
+
+
 # ------------------------------------------------------------------------------------------------ tests
 
 def test_release_database_upgrades_in_place(release_url, tmp_path):
@@ -178,19 +179,12 @@ node: {{ae_title: TOTALREG, data_dir: {tmp_path / 'var'}}}
 web: {{admin_user: admin, secret_key: test-secret-key-0123456789}}
 """)
         with TestClient(create_app(cfg, db, data_dir=tmp_path / "var", show_password=lambda _t: True)) as c:
-            def login(user, pw):
-                token = csrf_of(c.get("/login").text)
-                return c.post("/login", data={"username": user, "password": pw, "csrf_token": token},
-                              follow_redirects=False)
-            assert login("admin", "not-the-password").status_code == 401
-            ok = login("admin", ADMIN_PW)
+            assert _sign_in(c, "admin", "not-the-password").status_code == 401
+            ok = _sign_in(c, "admin", ADMIN_PW)
             assert ok.status_code == 303 and ok.headers["location"] == "/", ok.status_code
             assert c.get("/jobs").status_code == 200
         with TestClient(create_app(cfg, db, data_dir=tmp_path / "var", show_password=lambda _t: True)) as c:
-            token = csrf_of(c.get("/login").text)
-            r = c.post("/login", data={"username": "viewer", "password": VIEWER_PW, "csrf_token": token},
-                       follow_redirects=False)
-            assert r.status_code == 303
+            assert _sign_in(c, "viewer", VIEWER_PW).status_code == 303
     finally:
         db.dispose()
 
