@@ -256,3 +256,24 @@ def test_two_processes_upgrade_the_same_fresh_database(fresh_url):
     assert results == sorted([repr((None, head)), repr((head, head))]), results
     assert _version_rows(fresh_url) == [head]
     assert _schema_diff(fresh_url) == []
+
+
+def test_newer_database_is_refused_and_sql_is_printed(tmp_path):
+    """A database at a revision this release does not know (made by a newer one) is left alone with a plain error;
+    ``db upgrade --sql`` prints the DDL without touching the database."""
+    from node.store.db import Database
+    url = f"sqlite:///{tmp_path / 'n.db'}"
+    r = _totalreg("db", "upgrade", "--sql", "--url", url)
+    assert r.returncode == 0, r.stderr
+    assert "CREATE TABLE jobs" in r.stdout and "CREATE INDEX ix_jobs_claim" in r.stdout
+    assert "INSERT INTO alembic_version" in r.stdout
+    Database(url).dispose()
+    eng = sa.create_engine(url)
+    with eng.begin() as c:
+        c.execute(sa.text("UPDATE alembic_version SET version_num = '9999_from_the_future'"))
+    eng.dispose()
+    with pytest.raises(RuntimeError, match="9999_from_the_future"):
+        Database(url)
+    r = _totalreg("db", "upgrade", "--url", url)
+    assert r.returncode == 2 and "9999_from_the_future" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert _version_rows(url) == ["9999_from_the_future"]
