@@ -11,7 +11,7 @@ import logging
 import sys
 
 #: sub-command name -> module under node.commands
-COMMANDS = ("register", "serve", "demo", "train", "worker", "rules", "console", "db", "purge", "check", "backup", "restore")
+COMMANDS = ("register", "serve", "demo", "train", "worker", "rules", "console", "audit", "db", "purge", "check", "backup", "restore")
 
 
 def build_parser() -> argparse.ArgumentParser:

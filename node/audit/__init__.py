@@ -56,3 +56,47 @@ def patient_ref(key: str | bytes, patient_id: str, issuer: str = "") -> str:
         return ""
     k = key.encode() if isinstance(key, str) else key
     return hmac.new(k, f"{issuer}|{patient_id}".encode(), hashlib.sha256).hexdigest()[:24]
+
+
+def search(session: Session, *, actor: str = "", action: str = "", object_id: str = "", patient: str = "",
+           since=None, until=None, before_id: int | None = None, limit: int = 200) -> list[AuditRecord]:
+    """Audit records, newest first, filtered: ``actor`` exact, ``action`` exact or a prefix ending in '.'
+    (``job.``), ``object_id`` exact, ``patient`` a patient reference, ``since``/``until`` naive-UTC datetimes
+    (inclusive / exclusive), ``before_id`` for the next page; at most ``limit`` rows."""
+    from sqlalchemy import select
+    q = select(AuditRecord)
+    if actor:
+        q = q.where(AuditRecord.actor == actor)
+    if action:
+        q = q.where(AuditRecord.action.startswith(action) if action.endswith(".") else AuditRecord.action == action)
+    if object_id:
+        q = q.where(AuditRecord.object_id == object_id)
+    if patient:
+        q = q.where(AuditRecord.patient_ref == patient)
+    if since is not None:
+        q = q.where(AuditRecord.at >= since)
+    if until is not None:
+        q = q.where(AuditRecord.at < until)
+    if before_id is not None:
+        q = q.where(AuditRecord.id < before_id)
+    return list(session.scalars(q.order_by(AuditRecord.id.desc()).limit(limit)))
+
+
+def export_lines(session: Session, since=None, until=None, batch: int = 1000):
+    """Every record from ``since`` (naive UTC, inclusive) to ``until`` (exclusive), oldest first, as JSON lines
+    (one ``str`` per record, no newline), read in batches of ``batch`` rows."""
+    import json
+    from sqlalchemy import select
+    last = 0
+    while True:
+        q = select(AuditRecord).where(AuditRecord.id > last)
+        if since is not None:
+            q = q.where(AuditRecord.at >= since)
+        if until is not None:
+            q = q.where(AuditRecord.at < until)
+        rows = list(session.scalars(q.order_by(AuditRecord.id).limit(batch)))
+        for r in rows:
+            yield json.dumps(r.as_dict(), sort_keys=True)
+        if len(rows) < batch:
+            return
+        last = rows[-1].id

@@ -14,6 +14,7 @@ target's ``retry.max_attempts``), ``attempts``, ``next_attempt_at`` (naive UTC),
 from __future__ import annotations
 
 import datetime as _dt
+import weakref
 from typing import Any
 
 from sqlalchemy import Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint, event, inspect
@@ -90,12 +91,26 @@ def job_payload(job) -> dict[str, Any]:
             "finished_at": job.finished_at.isoformat() + "Z" if job.finished_at else None}
 
 
+_HAS_OUTBOX: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # engine -> notify_events exists
+
+
+def _has_outbox(session: Session) -> bool:
+    """True when the session's database has the outbox (every node database does once upgraded; a bare test
+    database made from a subset of the tables does not, and then no event is written)."""
+    engine = session.get_bind().engine
+    if engine not in _HAS_OUTBOX:
+        _HAS_OUTBOX[engine] = inspect(session.connection()).has_table(NotifyEvent.__tablename__)
+    return _HAS_OUTBOX[engine]
+
+
 @event.listens_for(Session, "before_flush")
 def _job_outcome_events(session: Session, _flush_context, _instances) -> None:
     """Add a :class:`NotifyEvent` for every job whose state changes to an outcome in this flush."""
     for obj in list(session.dirty):
         if getattr(obj, "__tablename__", None) != "jobs" or obj.id is None:
             continue
+        if not _has_outbox(session):
+            return
         hist = inspect(obj).attrs.state.history
         if not hist.added or [str(v) for v in hist.added] == [str(v) for v in hist.deleted]:
             continue

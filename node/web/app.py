@@ -99,6 +99,8 @@ def create_app(cfg: NodeConfig, session_factory, *, data_dir: str | Path | None 
     app.include_router(pages.router)
     app.include_router(api.router)
     app.include_router(viewer.router)
+    from node.audit import web as audit_web  # /audit, /notifications and the audit middleware
+    audit_web.install(app, cfg, new_session, data_dir)
 
     @app.middleware("http")
     async def _headers(request: Request, call_next):

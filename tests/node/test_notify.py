@@ -63,9 +63,11 @@ notifications:
 """)
 
 
-@pytest.fixture
-def ndb(tmp_path):
-    db = Database(f"sqlite:///{tmp_path / 'n.db'}")
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def ndb(request, tmp_path):
+    """The node database (SQLite, and the real PostgreSQL in a fresh schema) with one study of a named patient."""
+    url = f"sqlite:///{tmp_path / 'n.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_schema_url")
+    db = Database(url)
     with db.session() as s:
         s.add(Study(study_uid=STUDY, patient_id=PATIENT_ID, patient_name=PATIENT_NAME, accession_number=ACCESSION))
     yield db
