@@ -162,8 +162,9 @@ def _results_item(job: Job, sizes: ResultSizes, reason: str) -> Item:
                 reason=reason, row_id=job.id)
 
 
-def plan(session: Session, cfg, usage: Usage, sizes: ResultSizes, now: _dt.datetime) -> Plan:
-    """The plan of one purge in the caller's transaction (read only): age limits, then watermarks, oldest first."""
+def plan(session: Session, cfg, usage: Usage, sizes: ResultSizes, now: _dt.datetime, headroom: int = 0) -> Plan:
+    """The plan of one purge in the caller's transaction (read only): age limits, then watermarks, oldest first
+    (``headroom``: bytes expected before the next pass, see :meth:`Usage.to_free`)."""
     r = cfg.retention
     out = Plan(usage=usage)
     uids, patients = protected_study_ids(session, cfg, now)
@@ -191,7 +192,7 @@ def plan(session: Session, cfg, usage: Usage, sizes: ResultSizes, now: _dt.datet
         for job in _results_candidates(session, before):
             take(_results_item(job, sizes, "age"))
 
-    need = usage.to_free() - out.bytes
+    need = usage.to_free(headroom) - out.bytes
     if need > 0:  # oldest first across studies, priors and results until the low watermark is reached
         studies = (st for st in _study_candidates(session, cfg, now, None, None)
                    if ("s", st.id) not in chosen and allowed(st))

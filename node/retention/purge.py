@@ -32,6 +32,7 @@ from pathlib import Path
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 
+from node.ops.backup import backup_running
 from node.retention.policy import Plan, _undelivered, plan
 from node.retention.usage import ResultSizes, measure
 from node.receive.spool import safe_name
@@ -65,6 +66,7 @@ class PurgeResult:
     job_records: int = 0
     events: int = 0
     kept: list[str] = field(default_factory=list)  # items the mark re-check kept (changed since the plan)
+    skipped: str = ""  # why nothing was done (a backup was running)
 
     @property
     def bytes(self) -> int:
@@ -223,19 +225,24 @@ def _finish(db: Database, cfg, studies: list[tuple[int, str]], results: list[tup
 
 
 def purge(db: Database, cfg, *, dry_run: bool = False, sizes: ResultSizes | None = None,
-          now: _dt.datetime | None = None) -> PurgeResult:
+          now: _dt.datetime | None = None, headroom: int = 0) -> PurgeResult:
     """Run one purge (or, with ``dry_run``, only plan it in the same way and roll back); see the module docstring.
+    ``headroom``: bytes that may arrive before the next pass (the periodic purge passes its recent growth), so the
+    usage stays under the high watermark between passes.
 
     The plan of a dry run and of a real run on the same state are the same list (same function, same transaction
     shape)."""
     sizes = sizes if sizes is not None else ResultSizes()
     now = now or utcnow()
     spool_root, _ = roots(cfg)
+    if not dry_run and backup_running(cfg.node.data_dir):  # `totalreg backup` is copying the files rows name
+        log.info("purge skipped: a backup is running")
+        return PurgeResult(plan=Plan(), skipped="a backup is running")
     with db.session() as s:  # plan and marks in one transaction (the dry run rolls it back)
         if db.is_postgres:
             s.execute(text("LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE"))
         usage = measure(s, cfg.retention, spool_root, sizes)
-        p = plan(s, cfg, usage, sizes, now)
+        p = plan(s, cfg, usage, sizes, now, headroom)
         res = PurgeResult(plan=p, dry_run=dry_run)
         if dry_run:
             s.rollback()

@@ -1,7 +1,8 @@
 """The periodic purge of ``totalreg serve`` and the status file the console's dashboard reads.
 
 Every ``retention.tick_s`` seconds: one :func:`node.retention.purge.purge` (index queries + the results size cache,
-no spool walk), then a usage sample. ``<data_dir>/retention/status.json`` (written atomically) holds the latest
+no spool walk) with the largest growth of the last passes as headroom (so the usage stays under the high mark until
+the next pass), then a usage sample. ``<data_dir>/retention/status.json`` (written atomically) holds the latest
 usage, the last samples (the trend), the time of the next purge and what the last purges did; the console reads it
 with :func:`read_status`. Sizes are bytes, times ISO 8601 UTC.
 """
@@ -51,11 +52,16 @@ class Retention:
         self.purges: list = list(old.get("purges", []))[-10:]
         self.peak_used = 0
         self.ticks = 0
+        self.last_used: int | None = None  # the watermark metric after the last pass (bytes)
+        self.growth: list[int] = []  # bytes that arrived between recent passes: the headroom kept below the high mark
 
     def tick(self) -> None:
         """One purge pass, then a usage sample and the status file."""
-        res = purge(self.db, self.cfg, sizes=self.sizes)
+        headroom = max(self.growth) if self.growth else 0
+        res = purge(self.db, self.cfg, sizes=self.sizes, headroom=headroom)
         now = utcnow()
+        if res.plan.usage is not None and self.last_used is not None:  # bytes that arrived since the last pass
+            self.growth = (self.growth + [max(0, res.plan.usage.used - self.last_used)])[-5:]
         if res.bytes or res.job_records or res.events:
             self.purged_bytes += res.bytes
             self.purges = (self.purges + [dict(at=now.isoformat(timespec="seconds"), bytes=res.bytes,
@@ -63,13 +69,15 @@ class Retention:
         with self.db.session() as s:
             usage = measure(s, self.cfg.retention, roots(self.cfg)[0], self.sizes)
         self.peak_used = max(self.peak_used, usage.used)
+        self.last_used = usage.used
         self.samples = (self.samples + [[now.isoformat(timespec="seconds"), usage.node_bytes, usage.fs_used]]
                         )[-MAX_SAMPLES:]
         self.ticks += 1
         self._write(dict(updated_at=now.isoformat(timespec="seconds"), tick_s=self.tick_s,
                          next_purge_at=(now + _dt.timedelta(seconds=self.tick_s)).isoformat(timespec="seconds"),
                          usage=usage.as_dict(), samples=self.samples, purges=self.purges,
-                         purged_bytes_since_start=self.purged_bytes, peak_used=self.peak_used))
+                         purged_bytes_since_start=self.purged_bytes, peak_used=self.peak_used,
+                         headroom=headroom))
 
     def _write(self, data: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

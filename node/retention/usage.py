@@ -105,9 +105,10 @@ class Usage:
         """Bytes of the metric the watermarks apply to."""
         return self.node_bytes if self.metric == "node" else self.fs_used
 
-    def to_free(self) -> int:
-        """Bytes to delete now: down to the low watermark once above the high one, else 0."""
-        return self.used - self.low_bytes if self.used > self.high_bytes else 0
+    def to_free(self, headroom: int = 0) -> int:
+        """Bytes to delete now: down to the low watermark once above the high one (or once ``headroom`` more bytes,
+        what may arrive before the next pass, would take it above), else 0."""
+        return self.used - self.low_bytes if self.used + max(0, headroom) > self.high_bytes else 0
 
     def as_dict(self) -> dict:
         """JSON-ready figures (bytes)."""
