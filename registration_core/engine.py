@@ -20,13 +20,21 @@ from .affine import AffineResult, optimise_affine
 from .config import RegistrationConfig
 from .deformable import optimise_deformable
 from .errors import RegistrationInputError
-from .geometry import index_to_world, shrink_for
+from .geometry import WorkGrid, index_to_world, shrink_for
 from .instance_opt import optimise_field, resize, warp_same_grid
 from .io import check_image
+from .metrics import folding_percent, sdlogj
+from .network import DEFAULT_WEIGHTS, load_network
 from .preprocess import Prepared, normalise
 from .similarity import masked_ncc
-from .torchutil import (peak_memory_bytes, pick_device, release_free_memory, to_tensor, tune_allocator,
-                        world_points)
+from .torchutil import (
+    peak_memory_bytes,
+    pick_device,
+    release_free_memory,
+    to_tensor,
+    tune_allocator,
+    world_points,
+)
 from .warp import full_field_and_warp
 
 __version__ = "0.1.0"
@@ -93,28 +101,17 @@ def _affine_plausible(aff: AffineResult) -> str | None:
     return None
 
 
-def _jacobian_stats(disp_zyx3: np.ndarray, spacing: float) -> tuple[float, float]:
-    """(folding %, SDlogJ) of a displacement [z,y,x,3] (mm, x/y/z) on an isotropic grid (fallback)."""
-    g = [np.gradient(disp_zyx3[..., c], spacing) for c in range(3)]  # each: d/dz, d/dy, d/dx
-    j = np.empty(disp_zyx3.shape[:3] + (3, 3))
-    for c in range(3):
-        for a, ax in enumerate((2, 1, 0)):  # derivative along x, y, z
-            j[..., c, a] = g[c][ax] + (1.0 if c == a else 0.0)
-    det = np.linalg.det(j)
-    fold = 100.0 * float((det <= 0).mean())
-    sd = float(np.log(np.clip(det + 3, 0.000000001, 1000000000)).std())
-    return fold, sd
-
-
-def _field_quality(disp_img: sitk.Image) -> dict:
-    try:
-        from .metrics import folding_percent, sdlogj  # written by a colleague; import lazily
-        return {"folding_percent": float(folding_percent(disp_img)), "sdlogj": float(sdlogj(disp_img)),
-                "quality_source": "registration_core.metrics"}
-    except Exception:  # pragma: no cover - fallback before metrics.py lands
-        arr = sitk.GetArrayFromImage(disp_img)
-        fold, sd = _jacobian_stats(arr, disp_img.GetSpacing()[0])
-        return {"folding_percent": fold, "sdlogj": sd, "quality_source": "engine fallback"}
+def field_quality(u: torch.Tensor, aff: AffineResult, grid: WorkGrid) -> dict:
+    """Regularity of the TOTAL mapping (affine o residual) on the working grid: ``folding_percent`` (% of voxels
+    with Jacobian determinant <= 0) and ``sdlogj`` (std of log J, Learn2Reg's definition), both from
+    :mod:`registration_core.metrics`. ``u``: residual field [1, 3, z, y, x] in mm (channels x, y, z, LPS) on
+    ``grid``; ``aff`` maps fixed points to moving points."""
+    u_np = u[0].permute(1, 2, 3, 0).double().cpu().numpy()
+    pts = world_points(grid, "cpu", torch.float64).numpy()
+    x = pts + u_np
+    total = (x - aff.center) @ aff.matrix.T + aff.center + aff.translation - pts
+    disp_img = grid.to_image(total)
+    return {"folding_percent": float(folding_percent(disp_img)), "sdlogj": float(sdlogj(disp_img))}
 
 
 def _pick_spacing(fp: Prepared, mp: Prepared, cfg: RegistrationConfig, device) -> float:
@@ -147,8 +144,6 @@ def affine_stage(fp: Prepared, mp: Prepared, cfg: RegistrationConfig, device, pr
 
 def _load_net(cfg: RegistrationConfig, device):
     """(network or None, status: the weights path or why there is none, sha256 hex of the weights file or None)."""
-    from .network import DEFAULT_WEIGHTS, load_network
-
     w = cfg.weights
     if w is not None and str(w).strip().lower() in ("", "none"):
         return None, "disabled", None
@@ -197,7 +192,152 @@ def _pick_threads(cfg: RegistrationConfig, device) -> int:
     return n
 
 
+def _level_iterations(cfg: RegistrationConfig) -> tuple[int, tuple[int, ...]]:
+    """(iterations at the finest level, iterations per deformable level) for the progress bar and the LNCC
+    optimiser; ``cfg.iterations`` None means 60 at the finest level."""
+    fine_iters = 60 if cfg.iterations is None else max(0, int(cfg.iterations))
+    level_iters = tuple([int(round(fine_iters * cfg.coarse_iteration_factor))] * (len(cfg.level_factors) - 1)
+                        + [fine_iters])
+    if cfg.deformable == "mind":
+        level_iters = tuple(int(round(fine_iters * cfg.coarse_iteration_factor)) * (len(sc) - 1) + fine_iters
+                            for sc in cfg.schedules_mm) if fine_iters else ()
+    return fine_iters, level_iters
+
+
+def _check_affine(aff: AffineResult, fp: Prepared, mp: Prepared, cfg: RegistrationConfig) -> dict:
+    """The affine's report entry (matrix, centre and translation in mm, LNCC, body overlap 0..1); raises
+    :class:`RegistrationInputError` when the scans do not overlap, are too dissimilar after the alignment or
+    need an implausible scaling or a mirror flip."""
+    overlap = _inside_fraction(aff, fp, mp)
+    entry = {"matrix": aff.matrix.tolist(), "center_mm": aff.center.tolist(),
+             "translation_mm": aff.translation.tolist(), "lncc": aff.similarity,
+             "lncc_coarse": aff.similarity_coarse,
+             "starts": aff.starts, "iterations": aff.iterations, "body_overlap": overlap}
+    why = _affine_plausible(aff)
+    # similarity judged at the coarsest affine level: there noise and residual deformation (which the
+    # deformable stages remove) lower LNCC far less than at 4 mm (synthetic pairs: 0.27-0.34 at 8 mm where
+    # 0.13-0.17 at 4 mm; an unrelated body part: 0.07 at 8 mm)
+    sim = aff.similarity_coarse if np.isfinite(aff.similarity_coarse) else aff.similarity
+    if overlap < cfg.min_overlap or sim < cfg.min_similarity or why:
+        detail = why or (f"only {100 * overlap:.0f}% of the body overlaps" if overlap < cfg.min_overlap
+                         else f"image similarity after alignment is only {sim:.2f}")
+        raise RegistrationInputError(
+            f"the scans do not overlap: no alignment shows the same anatomy ({detail}); "
+            "check that both series are of the same patient and body region")
+    return entry
+
+
+@dataclass
+class WorkingPair:
+    """The pair on the working grid (output of :func:`resample_stage`).
+
+    grid: isotropic axis-aligned LPS grid over the fixed body box (``spacing`` mm); f, m: fixed and affinely
+    resampled moving, HU-window normalised to [0, 1], [1, 1, z, y, x] on the device; body: fixed body mask;
+    weight: similarity weight (body dilated by 8 mm, inside the moving field of view); valid: 1 where the affine
+    maps into the moving image; ncc_identity / ncc_affine: NCC inside the body before / after the affine."""
+
+    grid: WorkGrid
+    spacing: float
+    f: torch.Tensor
+    m: torch.Tensor
+    body: torch.Tensor
+    weight: torch.Tensor
+    valid: torch.Tensor
+    ncc_identity: float
+    ncc_affine: float
+
+
+def resample_stage(fixed: sitk.Image, moving: sitk.Image, fp: Prepared, mp: Prepared, aff: AffineResult,
+                   cfg: RegistrationConfig, device) -> WorkingPair:
+    """Working grid over the fixed body box (spacing from :func:`_pick_spacing`, mm) and both images on it, the
+    moving one through the affine (fixed point -> moving point); masks and similarity before/after the affine."""
+    s0 = _pick_spacing(fp, mp, cfg, device)
+    grid = fp.grid(s0)
+    f_hu = grid.resample(shrink_for(fixed, s0))
+    m_src = shrink_for(moving, s0)
+    m_aff = grid.resample(m_src, transform=aff.to_sitk())
+    m_id = grid.resample(m_src)
+    pts = world_points(grid, "cpu", torch.float64).numpy()
+    a_m, b_m = index_to_world(moving)
+    size_m = np.asarray(moving.GetSize())
+
+    def _inside(q):
+        idx = (q - b_m) @ np.linalg.inv(a_m).T
+        return np.all((idx >= -0.5) & (idx <= size_m - 0.5), -1).astype(np.float32)
+
+    valid_aff = _inside(aff.apply(pts.reshape(-1, 3)).reshape(pts.shape))
+    valid_id = _inside(pts)
+    del pts
+    body = to_tensor(fp.mask_on(grid).astype(np.float32), device)
+    r = max(1, int(round(8.0 / s0)))
+    body_d = F.max_pool3d(body, 2 * r + 1, stride=1, padding=r)
+    f = to_tensor(normalise(f_hu, cfg.hu_window), device)
+    m = to_tensor(normalise(m_aff, cfg.hu_window), device)
+    va = to_tensor(valid_aff, device)
+    ncc_id = masked_ncc(f, to_tensor(normalise(m_id, cfg.hu_window), device), body * to_tensor(valid_id, device))
+    ncc_aff = masked_ncc(f, m, body * va)
+    return WorkingPair(grid=grid, spacing=s0, f=f, m=m, body=body, weight=body_d * va, valid=va,
+                       ncc_identity=ncc_id, ncc_affine=ncc_aff)
+
+
+def network_stage(work: WorkingPair, cfg: RegistrationConfig, device) -> tuple[torch.Tensor | None, str,
+                                                                                     str | None]:
+    """The network's start field on the working grid: (residual [1, 3, z, y, x] in mm, channels x/y/z, or None
+    without weights; status: the weights path or why there is none; sha256 hex of the weights or None). The
+    network sees both images at ``cfg.network_spacing`` mm; its voxel displacement is scaled to mm and resized."""
+    net, net_status, net_sha = _load_net(cfg, device)
+    init_u = None
+    if net is not None:
+        g4 = work.grid.resized(cfg.network_spacing)
+        with torch.no_grad():
+            disp, _, _ = net(resize(work.f, g4.shape_zyx), resize(work.m, g4.shape_zyx))
+            init_u = resize(disp * g4.spacing, work.f.shape[-3:])
+    return init_u, net_status, net_sha
+
+
+def deformable_stage(work: WorkingPair, cfg: RegistrationConfig, init_u: torch.Tensor | None, fine_iters: int,
+                     level_iters: tuple[int, ...], device, progress=None) -> tuple[torch.Tensor, dict]:
+    """Instance optimisation from ``init_u`` (or zero): the MIND stage (``cfg.deformable == "mind"``,
+    :func:`optimise_deformable`) or the LNCC optimiser (:func:`optimise_field`); ``fine_iters == 0`` keeps the
+    start. Returns (residual [1, 3, z, y, x] in mm on the working grid, info with ``levels``)."""
+    f, m, weight, grid, va = work.f, work.m, work.weight, work.grid, work.valid
+    if fine_iters > 0 and cfg.deformable == "mind":
+        return optimise_deformable(f, m, weight, grid, cfg, init_u, valid=va, progress=progress)
+    if fine_iters > 0:
+        spacings = tuple(work.spacing * k for k in cfg.level_factors)
+        return optimise_field(f, m, weight, grid, spacings, level_iters, cfg.lncc_radius_mm, cfg.smoothness,
+                              cfg.field_smoothing_passes, cfg.learning_rate_mm, init_u, progress=progress,
+                              control_factor=cfg.control_factor, radius_vox=cfg.lncc_radius_vox,
+                              adam_eps=cfg.adam_eps, folding_weight=cfg.folding_weight,
+                              folding_floor=cfg.folding_floor, valid=va)
+    u = init_u if init_u is not None else torch.zeros(1, 3, *f.shape[-3:], device=device)
+    return u, {"levels": []}
+
+
+class _Timer:
+    """Stage wall times (s) into ``times[name]``, with the progress bar's stage label."""
+
+    def __init__(self, times: dict, bar: _Progress):
+        self.times, self.bar = times, bar
+
+    def __call__(self, name: str, label: str | None = None):
+        self.name = name
+        if label:
+            self.bar.stage(label)
+        return self
+
+    def __enter__(self):
+        self.t = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.times[self.name] = time.perf_counter() - self.t
+        return False
+
+
 def _register(fixed, moving, cfg: RegistrationConfig, progress: bool, device, t_all) -> RegistrationResult:
+    """The pipeline as its stages: preprocess -> affine -> resample -> network -> deformable -> full resolution
+    -> quality -> report (see :func:`register`)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(cfg.seed)
@@ -206,126 +346,32 @@ def _register(fixed, moving, cfg: RegistrationConfig, progress: bool, device, t_
                     "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
                     else platform.processor() or "cpu",
                     "torch_threads": torch.get_num_threads()}
-
-    fine_iters = 60 if cfg.iterations is None else max(0, int(cfg.iterations))
-    level_iters = tuple([int(round(fine_iters * cfg.coarse_iteration_factor))] * (len(cfg.level_factors) - 1)
-                        + [fine_iters])
-    if cfg.deformable == "mind":
-        level_iters = tuple(int(round(fine_iters * cfg.coarse_iteration_factor)) * (len(sc) - 1) + fine_iters
-                            for sc in cfg.schedules_mm) if fine_iters else ()
+    fine_iters, level_iters = _level_iterations(cfg)
     bar = _Progress(progress, len(cfg.affine_spacings) + sum(level_iters) + 2)
+    stage = _Timer(times, bar)
     try:
-        # 1. preprocessing: coarse axis-aligned copies, body masks and boxes
-        bar.stage("preprocess")
-        t = time.perf_counter()
-        fp, mp = prepare_pair(fixed, moving, cfg)
-        times["preprocess"] = time.perf_counter() - t
-
-        # 2. affine pre-alignment
-        bar.stage("affine")
-        t = time.perf_counter()
-        aff = affine_stage(fp, mp, cfg, device, progress=bar)
-        times["affine"] = time.perf_counter() - t
-        overlap = _inside_fraction(aff, fp, mp)
-        report["affine"] = {"matrix": aff.matrix.tolist(), "center_mm": aff.center.tolist(),
-                            "translation_mm": aff.translation.tolist(), "lncc": aff.similarity,
-                            "lncc_coarse": aff.similarity_coarse,
-                            "starts": aff.starts, "iterations": aff.iterations, "body_overlap": overlap}
-        why = _affine_plausible(aff)
-        # similarity judged at the coarsest affine level: there noise and residual deformation (which the
-        # deformable stages remove) lower LNCC far less than at 4 mm (synthetic pairs: 0.27-0.34 at 8 mm where
-        # 0.13-0.17 at 4 mm; an unrelated body part: 0.07 at 8 mm)
-        sim = aff.similarity_coarse if np.isfinite(aff.similarity_coarse) else aff.similarity
-        if overlap < cfg.min_overlap or sim < cfg.min_similarity or why:
-            detail = why or (f"only {100 * overlap:.0f}% of the body overlaps" if overlap < cfg.min_overlap
-                             else f"image similarity after alignment is only {sim:.2f}")
-            raise RegistrationInputError(
-                f"the scans do not overlap: no alignment shows the same anatomy ({detail}); "
-                "check that both series are of the same patient and body region")
-
-        # 3. working grid over the fixed body box; moving resampled through the affine
-        bar.stage("resample")
-        t = time.perf_counter()
-        s0 = _pick_spacing(fp, mp, cfg, device)
-        grid = fp.grid(s0)
-        f_hu = grid.resample(shrink_for(fixed, s0))
-        m_src = shrink_for(moving, s0)
-        m_aff = grid.resample(m_src, transform=aff.to_sitk())
-        m_id = grid.resample(m_src)
-        pts = world_points(grid, "cpu", torch.float64).numpy()
-        a_m, b_m = index_to_world(moving)
-        size_m = np.asarray(moving.GetSize())
-
-        def _inside(q):
-            idx = (q - b_m) @ np.linalg.inv(a_m).T
-            return np.all((idx >= -0.5) & (idx <= size_m - 0.5), -1).astype(np.float32)
-
-        valid_aff = _inside(aff.apply(pts.reshape(-1, 3)).reshape(pts.shape))
-        valid_id = _inside(pts)
-        del pts
-        body = to_tensor(fp.mask_on(grid).astype(np.float32), device)
-        r = max(1, int(round(8.0 / s0)))
-        body_d = F.max_pool3d(body, 2 * r + 1, stride=1, padding=r)
-        f = to_tensor(normalise(f_hu, cfg.hu_window), device)
-        m = to_tensor(normalise(m_aff, cfg.hu_window), device)
-        va = to_tensor(valid_aff, device)
-        weight = body_d * va
-        ncc_id = masked_ncc(f, to_tensor(normalise(m_id, cfg.hu_window), device), body * to_tensor(valid_id, device))
-        ncc_aff = masked_ncc(f, m, body * va)
-        del m_id, m_aff, f_hu
-        times["resample"] = time.perf_counter() - t
-
-        # 4. network prediction (skipped without weights)
-        bar.stage("network")
-        t = time.perf_counter()
-        net, net_status, net_sha = _load_net(cfg, device)
-        init_u = None
-        if net is not None:
-            g4 = grid.resized(cfg.network_spacing)
-            with torch.no_grad():
-                disp, _, _ = net(resize(f, g4.shape_zyx), resize(m, g4.shape_zyx))
-                init_u = resize(disp * g4.spacing, f.shape[-3:])
-        times["network"] = time.perf_counter() - t
-        report["network"] = net_status
-        report["network_sha256"] = net_sha  # which weights made this field (audit trail; None without a network)
+        with stage("preprocess", "preprocess"):      # coarse axis-aligned copies, body masks and boxes
+            fp, mp = prepare_pair(fixed, moving, cfg)
+        with stage("affine", "affine"):
+            aff = affine_stage(fp, mp, cfg, device, progress=bar)
+        report["affine"] = _check_affine(aff, fp, mp, cfg)
+        with stage("resample", "resample"):          # working grid; moving resampled through the affine
+            work = resample_stage(fixed, moving, fp, mp, aff, cfg, device)
+        with stage("network", "network"):            # skipped without weights
+            init_u, report["network"], report["network_sha256"] = network_stage(work, cfg, device)
         bar.update(1)
-
-        # 5. instance optimisation (coarse -> fine)
-        bar.stage("optimise")
-        t = time.perf_counter()
-        spacings, iters = tuple(s0 * k for k in cfg.level_factors), level_iters
-        if fine_iters > 0 and cfg.deformable == "mind":
-            u, info = optimise_deformable(f, m, weight, grid, cfg, init_u, valid=va, progress=bar)
-        elif fine_iters > 0:
-            u, info = optimise_field(f, m, weight, grid, spacings, iters, cfg.lncc_radius_mm, cfg.smoothness,
-                                     cfg.field_smoothing_passes, cfg.learning_rate_mm, init_u, progress=bar,
-                                     control_factor=cfg.control_factor, radius_vox=cfg.lncc_radius_vox,
-                                     adam_eps=cfg.adam_eps, folding_weight=cfg.folding_weight,
-                                     folding_floor=cfg.folding_floor, valid=va)
-        else:
-            u = init_u if init_u is not None else torch.zeros(1, 3, *f.shape[-3:], device=device)
-            info = {"levels": []}
-        times["instance_optimisation"] = time.perf_counter() - t
+        with stage("instance_optimisation", "optimise"):
+            u, info = deformable_stage(work, cfg, init_u, fine_iters, level_iters, device, progress=bar)
         with torch.no_grad():
-            ncc_final = masked_ncc(f, warp_same_grid(m, u, grid), body * va)
-
-        # 6. total field on FIXED's exact grid + warped moving
-        bar.stage("full resolution")
-        t = time.perf_counter()
-        del f, m, weight, body, body_d, va
+            ncc_final = masked_ncc(work.f, warp_same_grid(work.m, u, work.grid), work.body * work.valid)
+        grid, s0, ncc_id, ncc_aff = work.grid, work.spacing, work.ncc_identity, work.ncc_affine
+        del work, init_u
         release_free_memory()  # the optimiser's cached temporaries must not sit under the full-size outputs
-        disp_img, warped = full_field_and_warp(fixed, aff, grid, u, moving, -1024.0, device)
-        times["full_resolution"] = time.perf_counter() - t
+        with stage("full_resolution", "full resolution"):  # total field on FIXED's exact grid + warped moving
+            disp_img, warped = full_field_and_warp(fixed, aff, grid, u, moving, -1024.0, device)
         bar.update(1)
-
-        # 7. quality of the field (working grid)
-        t = time.perf_counter()
-        u_np = u[0].permute(1, 2, 3, 0).double().cpu().numpy()
-        pts = world_points(grid, "cpu", torch.float64).numpy()
-        x = pts + u_np
-        total = (x - aff.center) @ aff.matrix.T + aff.center + aff.translation - pts
-        quality = _field_quality(grid.to_image(total))
-        times["quality"] = time.perf_counter() - t
+        with stage("quality"):                       # regularity of the field (working grid)
+            quality = field_quality(u, aff, grid)
     finally:
         bar.close()
 
@@ -336,7 +382,7 @@ def _register(fixed, moving, cfg: RegistrationConfig, progress: bool, device, t_
         "similarity": {"measure": "NCC inside the fixed body (working grid, HU window normalised)",
                        "identity": ncc_id, "affine": ncc_aff, "final": ncc_final},
         "folding_percent": quality["folding_percent"], "sdlogj": quality["sdlogj"],
-        "field_quality_grid": f"working grid {s0} mm ({quality['quality_source']})",
+        "field_quality_grid": f"working grid {s0} mm (registration_core.metrics)",
         "working_spacing_mm": s0, "working_grid_size": list(grid.size),
         "iterations": {"affine": aff.iterations, "levels": info["levels"]},
         "deformable": {k: v for k, v in info.items() if k != "levels"},

@@ -5,7 +5,7 @@
     totalreg train export [--checkpoint var/train_run/best.pt] [--out registration_core/weights/...]
     totalreg train eval   --weights W.safetensors   (lung pair + held-out synthetic pair, network vs affine)
 
-See :mod:`registration_core.train` for the data, loss and checkpoint design.
+See :mod:`registration_core.training.loop` for the data, loss and checkpoint design.
 """
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def _parse_ct(spec: str):
 def run_cache(args) -> int:
     """Build the cache (resumes: existing samples are kept)."""
     from dicom_io import read_series
-    from registration_core.train import default_cache_spec
+    from registration_core.training.loop import default_cache_spec
     from registration_core.training.data import CacheSpec, build_cache
 
     if not args.ct and not args.pairs:
@@ -123,7 +123,7 @@ def run_cache(args) -> int:
 
 def run_train(args) -> int:
     """Train; prints the result as JSON."""
-    from registration_core.train import TrainConfig, train
+    from registration_core.training.loop import TrainConfig, train
 
     cfg = TrainConfig(cache=args.cache, out=args.out, steps=args.steps, crop=args.crop, lr=args.lr,
                       schedule=args.schedule,
@@ -140,7 +140,7 @@ def run_train(args) -> int:
 def run_export(args) -> int:
     """Export a checkpoint to safetensors + sidecar."""
     from registration_core.network import DEFAULT_WEIGHTS
-    from registration_core.train import export_weights
+    from registration_core.training.loop import export_weights
 
     if not Path(args.checkpoint).is_file():
         print(f"totalreg: error: checkpoint not found: {args.checkpoint}", file=sys.stderr)
@@ -164,7 +164,7 @@ def run_eval(args) -> int:
 
 def run_memory(args) -> int:
     """Peak tensor memory of one training step."""
-    from registration_core.train import measure_training_memory
+    from registration_core.training.loop import measure_training_memory
 
     res = measure_training_memory(args.cache, args.crop, device=args.device)
     if args.json:

@@ -24,16 +24,22 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
+import torch
+from scipy import ndimage
 
-from ..geometry import WorkGrid, shrink_for
+from ..config import RegistrationConfig
+from ..engine import affine_stage, prepare_pair
+from ..geometry import WorkGrid, physical_bounds, shrink_for
+from ..io import read_image
 from ..preprocess import Prepared, body_mask, normalise
 from ..regions import apply_lut, lut_from_names
+from ..synthetic import make_longitudinal_pair, random_realistic_deformation
 from .regions import load_classmap, phantom_lut
 
 WINDOW = (-1000.0, 1000.0)
@@ -176,11 +182,6 @@ def build_sample(fixed: sitk.Image, moving: sitk.Image, *, displacement: sitk.Im
 
 def engine_affine(fixed: sitk.Image, moving: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
     """The engine's affine stage with default settings (CPU): fixed point x (LPS mm) -> moving point M x + b."""
-    import torch
-
-    from ..config import RegistrationConfig
-    from ..engine import affine_stage, prepare_pair
-
     cfg = RegistrationConfig()
     aff = affine_stage(*prepare_pair(fixed, moving, cfg), cfg, torch.device("cpu"))
     return aff.matrix, aff.center + aff.translation - aff.matrix @ aff.center
@@ -189,8 +190,6 @@ def engine_affine(fixed: sitk.Image, moving: sitk.Image) -> tuple[np.ndarray, np
 def residual_to_mm(u_vox_xyz: np.ndarray, sample: dict, points_mm: np.ndarray) -> np.ndarray:
     """Map fixed points (LPS mm, [N, 3]) to moving points through ``A(p + u(p))``; ``u`` [3, z, y, x] voxels
     (x, y, z channels) on the sample's grid, sampled trilinearly (edge-clamped)."""
-    from scipy import ndimage
-
     sp = float(sample["spacing"])
     idx = (points_mm - sample["origin"]) / sp           # x, y, z continuous index
     coords = idx[:, ::-1].T                              # z, y, x
@@ -204,8 +203,6 @@ def residual_to_mm(u_vox_xyz: np.ndarray, sample: dict, points_mm: np.ndarray) -
 # ---------------------------------------------------------------------------------------------------------
 def _isotropic(image: sitk.Image, spacing: float) -> sitk.Image:
     """Axis-aligned isotropic copy (LPS) over the image's bounds (linear, -1024 outside)."""
-    from ..geometry import physical_bounds
-
     lo, hi = physical_bounds(image)
     g = WorkGrid.covering(lo, hi, spacing)
     img = sitk.GetImageFromArray(g.resample(shrink_for(image, spacing), default=-1024.0))
@@ -220,8 +217,6 @@ def _isotropic_labels(labels: sitk.Image, like: sitk.Image) -> sitk.Image:
 
 def synthetic_sample(phantom_seed: int, seed: int, spacing: float = 4.0, rng=None) -> dict:
     """Sample from a synthetic longitudinal pair (``make_longitudinal_pair``) with its exact field."""
-    from ..synthetic import make_longitudinal_pair
-
     s = make_longitudinal_pair(phantom_seed, seed, spacing=spacing, n_landmarks=100)
     return build_sample(s.fixed, s.moving, displacement=s.displacement, fixed_labels=s.fixed_labels,
                         moving_labels=s.moving_labels, lut=phantom_lut(), landmarks=s.landmarks,
@@ -232,8 +227,6 @@ def synthetic_sample(phantom_seed: int, seed: int, spacing: float = 4.0, rng=Non
 def self_supervised_sample(image: sitk.Image, seed: int, labels: sitk.Image | None = None,
                            lut: np.ndarray | None = None, spacing: float = 4.0, name: str = "") -> dict:
     """Sample from ONE CT: random realistic deformation (rigid + B-spline, exact field) + intensity change."""
-    from ..synthetic import random_realistic_deformation
-
     rng = np.random.default_rng(seed)
     img = _isotropic(image, 3.0)
     lab = _isotropic_labels(labels, img) if labels is not None else None
@@ -257,8 +250,6 @@ def _read_any(path: Path, what: str, read_volume: VolumeReader | None = None) ->
         if read_volume is None:
             raise ValueError(f"{what} {path} is a folder but no series reader was given (pass read_volume)")
         return read_volume(path)
-    from ..io import read_image
-
     return read_image(path, what)
 
 

@@ -16,6 +16,13 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from ..config import RegistrationConfig
+from ..engine import register
+from ..metrics import dice, tre
+from ..network import DEFAULT_WEIGHTS
+from ..synthetic import make_longitudinal_pair
+from ..warp import warp_labels
+
 LUNG = Path("/work/shared/data/ct/lung_pair_elastix")
 
 
@@ -41,16 +48,11 @@ def lung_masks(root: Path = LUNG):
 
 def synthetic_pair(seed: int, spacing: float = 4.0):
     """Held-out synthetic longitudinal pair (phantom ``seed``, deformation seed ``seed + 1000``)."""
-    from ..synthetic import make_longitudinal_pair
-
     return make_longitudinal_pair(seed, seed + 1000, spacing=spacing, n_landmarks=100)
 
 
 def run_case(fixed, moving, p, q, weights, iterations: int, fixed_labels=None, moving_labels=None) -> dict:
     """One engine run: TRE (mean/median/p90 mm), Dice (if labels), time (s), folding %."""
-    from .. import register
-    from ..config import RegistrationConfig
-
     t = time.perf_counter()
     res = register(fixed, moving, RegistrationConfig(device="cpu", iterations=int(iterations),
                                                      weights=weights))
@@ -63,9 +65,6 @@ def run_case(fixed, moving, p, q, weights, iterations: int, fixed_labels=None, m
 def field_scores(displacement, p, q, fixed_labels=None, moving_labels=None) -> dict:
     """TRE (mean/median/p90, mm) of a displacement field (fixed grid, LPS mm, fixed p <-> moving p + d(p)) on
     landmarks p (fixed) / q (moving), and the mean Dice of the warped moving labels when both label maps are given."""
-    from ..metrics import dice, tre
-    from ..warp import warp_labels
-
     e = tre(displacement, p, q)
     out = {"tre_mean_mm": float(e.mean()), "tre_median_mm": float(np.median(e)),
            "tre_p90_mm": float(np.percentile(e, 90))}
@@ -79,9 +78,6 @@ def evaluate_weights(weights: str | None, synthetic_seeds=(900, 901), log=print)
 
     ``weights``: safetensors file (None = the shipped default). Returns {case: {"affine": ..., "network": ...}}.
     """
-    from ..metrics import tre
-    from ..network import DEFAULT_WEIGHTS
-
     w = str(weights or DEFAULT_WEIGHTS)
     res: dict = {"weights": w}
     fixed, moving, p, q = lung_pair()

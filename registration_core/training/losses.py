@@ -2,7 +2,7 @@
 
 ``total = w_sim (1 - LNCC) + w_field EPE + w_sub EPE_regions + w_smooth diffusion + w_dice (1 - Dice_regions)
 + w_region CE(weights, region map)`` -- each term only where its target exists (see
-:mod:`registration_core.train` for the design).
+:mod:`registration_core.training.loop` for the design).
 """
 from __future__ import annotations
 

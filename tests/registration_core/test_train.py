@@ -10,8 +10,8 @@ import torch
 from registration_core.errors import RegistrationInputError
 from registration_core.network import TotalRegNet, load_network
 from registration_core.synthetic import make_phantom, random_realistic_deformation
-from registration_core.train import (TrainConfig, evaluate_samples, export_weights, load_checkpoint,
-                                     network_from_checkpoint, step_peak_memory, train)
+from registration_core.training.loop import (TrainConfig, evaluate_samples, export_weights, load_checkpoint,
+                                             network_from_checkpoint, step_peak_memory, train)
 from registration_core.training.data import build_sample, load_sample, residual_to_mm, save_sample
 from registration_core.training.regions import phantom_lut, region_of_name
 
@@ -154,7 +154,7 @@ def test_region_names_and_memory_probe():
 
 
 def test_learning_rate_warms_up_then_decays_to_two_percent():
-    from registration_core.train import learning_rate
+    from registration_core.training.loop import learning_rate
 
     cfg = TrainConfig(lr=1e-3, steps=1000, warmup=100)
     lrs = [learning_rate(cfg, s) for s in range(1000)]

@@ -2,7 +2,7 @@
 
 Public API::
 
-    from registration_core.train import TrainConfig, train, export_weights, default_cache_spec
+    from registration_core.training.loop import TrainConfig, train, export_weights, default_cache_spec
     from registration_core.training.data import build_cache          # samples -> var/train_cache/*.npz
     result = train(TrainConfig(cache="var/train_cache", out="var/train_run", steps=2000))
     export_weights("var/train_run/best.pt", "registration_core/weights/totalreg_v1.safetensors")
@@ -69,10 +69,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .network import TotalRegNet, load_network, save_weights
-from .regions import N_REGIONS, REGION_IDS
-from .training.data import CacheSpec, load_sample, residual_to_mm
-from .training.losses import LossWeights, training_loss, warp_voxels
+from ..network import TotalRegNet, load_network, save_weights
+from ..regions import N_REGIONS, REGION_IDS
+from ..torchutil import tune_allocator
+from .data import CacheSpec, load_sample, residual_to_mm
+from .losses import LossWeights, training_loss, warp_voxels
 
 SHARED_CT = Path("/work/shared/data/ct")
 
@@ -362,7 +363,6 @@ def train(cfg: TrainConfig, log=print) -> dict:
     SIGTERM/SIGINT (saving first)."""
     out = Path(cfg.out)
     device = torch.device(cfg.device)
-    from .torchutil import tune_allocator
     tune_allocator()  # CPU: keep freed tensor memory (see torchutil.tune_allocator)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
