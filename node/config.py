@@ -400,6 +400,19 @@ class NotificationTarget(_Strict):
         return any(e == "*" or e == event or (e.endswith(".*") and event.startswith(e[:-1])) for e in self.events)
 
 
+class AuditSettings(_Strict):
+    """The audit trail (node.audit): optional forwarding to a syslog collector as DICOM/IHE ATNA messages
+    (RFC 5424 over TCP; TLS with ``syslog_tls``, the collector verified against ``syslog_ca_file`` or the system
+    store, a client certificate when ``syslog_cert_file``/``syslog_key_file`` are set)."""
+
+    syslog_host: str | None = None  # not set: records stay in the database (console, totalreg audit export)
+    syslog_port: int = Field(6514, ge=1, le=65535)
+    syslog_tls: bool = True
+    syslog_ca_file: Path | None = None
+    syslog_cert_file: Path | None = None
+    syslog_key_file: Path | None = None
+
+
 def _default_destinations() -> list[DestinationConfig]:
     return [DestinationConfig(name="local", kind="folder", path=Path("./var/outbox"))]
 
@@ -423,6 +436,7 @@ class NodeConfig(_Strict):
     qc: QcThresholds = Field(default_factory=QcThresholds)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     notifications: list[NotificationTarget] = Field(default_factory=list)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
     @model_validator(mode="after")
     def _references(self, info: ValidationInfo) -> "NodeConfig":

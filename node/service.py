@@ -115,6 +115,9 @@ class NodeService:
             from node.notify.delivery import HealthWatch, Notifier  # job outcomes and node health -> webhooks
             self._thread("notify", Notifier(self.cfg, self.db, poll_s=max(self.poll_s, 1.0)).run)
             self._thread("health", HealthWatch(self.cfg, self.db, receiver_alive=self.receiver_alive).run)
+            if self.cfg.audit.syslog_host:  # the audit trail to a syslog collector (ATNA, RFC 5424)
+                from node.audit.syslog import SyslogForwarder
+                self._thread("audit-syslog", SyslogForwarder(self.cfg, self.db).run)
         for i in range(self.n_workers):
             w = Worker(self.cfg, self.db, self.spool, name=worker_name(f"w{i}"), poll_s=self.poll_s,
                        kinds=self.worker_kinds)
