@@ -14,15 +14,17 @@ import sys
 COMMANDS = ("register", "serve", "demo", "train", "worker", "rules", "console", "audit", "db", "purge", "check", "backup", "restore")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the top-level parser with every available sub-command registered."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Build the top-level parser with every available sub-command registered, or with ``only`` that one (its
+    module alone is imported: a command module imports what it needs at its top, so ``totalreg rules`` never
+    loads torch)."""
     parser = argparse.ArgumentParser(
         prog="totalreg",
         description="TotalRegistrator Node: register a patient's prior CT to the current CT and return DICOM results.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    for name in (only,) if only in COMMANDS else COMMANDS:
         try:
             module = importlib.import_module(f"node.commands.{name}")
         except ModuleNotFoundError as exc:  # a command not built yet
@@ -35,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``totalreg`` console script; returns the process exit code."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(next((a for a in argv if not a.startswith("-")), None))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -16,6 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator, ValidationInfo
 
+from node.rule_patterns import PatternError, check_pattern
+
 Output = Literal["dsr", "rigid_reg", "registered_series", "subtraction"]
 
 
@@ -191,8 +193,7 @@ class RuleMatch(_Strict):
     @field_validator("StudyDescription", "SeriesDescription")
     @classmethod
     def _regex(cls, v: str | None, info: ValidationInfo) -> str | None:
-        """The pattern must suit RE2 (node.route.rule_patterns: linear time; no backreferences or lookaround)."""
-        from node.route.rule_patterns import PatternError, check_pattern
+        """The pattern must suit RE2 (node.rule_patterns: linear time; no backreferences or lookaround)."""
         if v is not None:
             try:
                 check_pattern(v)

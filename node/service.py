@@ -10,16 +10,17 @@ import logging
 import threading
 from pathlib import Path
 
-from node.route.assembly import Assembler
-from node.store.db import Database, open_database
 from node.dispatch.dispatcher import Dispatcher, requeue_orphan_sends
-from node.store.queue import release_owned, requeue_orphans, worker_name
-from node.work.worker import Worker
+from node.ops import metrics
 from node.receive.ingest import reindex_spool
 from node.receive.receiver import Receiver
 from node.receive.receiver_child import ReceiverChildren, receiver_process_count
 from node.receive.shared_listener import ReceiverLoad, bind_listener, stop_accepting
 from node.receive.spool import Spool
+from node.route.assembly import Assembler
+from node.store.db import Database, open_database
+from node.store.queue import release_owned, requeue_orphans, worker_name
+from node.work.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,6 @@ class NodeService:
                     raise RuntimeError(f"cannot listen on {n.host}:{n.port}: {exc}") from None
                 load = ReceiverLoad.create(n_proc)
                 self._listen, self._load = listen, load
-                from node.ops import metrics
                 metrics.count_other_receivers(lambda: load.received(exclude_slot=0))
                 self.receiver_children = ReceiverChildren(self.cfg, n_proc - 1, listen_fd=listen.fileno(),
                                                           load=load)
@@ -133,7 +133,6 @@ class NodeService:
             self._listen.close()
             self._listen = None
         if self._load is not None:
-            from node.ops import metrics
             metrics.count_other_receivers(None)
             self._load.close(unlink=True)
             self._load = None
@@ -151,11 +150,8 @@ class NodeService:
         return rcv is not None and rcv.server is not None and (kids is None or kids.alive())
 
     def _start_web(self) -> None:
-        try:
-            from node.web.app import create_app
-        except ImportError as exc:
-            log.info("web console not available (%s)", exc)
-            return
+        # reason: FastAPI, Starlette and Jinja2 load only in a process that serves the console (not in workers)
+        from node.web.app import create_app
         import uvicorn
         app = create_app(self.cfg, self.db, data_dir=self.cfg.node.data_dir, receiver_alive=self.receiver_alive)
         server = uvicorn.Server(uvicorn.Config(app, host=self.cfg.web.host, port=self.cfg.web.port,

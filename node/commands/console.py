@@ -11,6 +11,8 @@ import getpass
 import sys
 
 from node.config import ConfigError, load_config
+from node.store.db import open_database
+from node.web import auth, security
 
 
 def add_parser(subparsers) -> None:
@@ -36,8 +38,6 @@ def _read_password() -> str:
 
 def run(args) -> int:
     """Set the password; returns the exit status (2 with a plain message for an unknown user or short password)."""
-    from node.store.db import open_database
-    from node.web import auth, security
 
     cfg = load_config(args.config)
     password = security.random_password() if args.generate else _read_password()

@@ -14,7 +14,14 @@ import sys
 import time
 from pathlib import Path
 
+import SimpleITK as sitk
+
 import node
+from dicom_io import read_series
+from node.work.outputs import dicom_outputs
+from registration_core import RegistrationConfig, RegistrationInputError, register
+from registration_core.io import read_image, write_image
+from registration_core.qc import write_qc_png
 
 log = logging.getLogger("totalreg.register")
 
@@ -46,12 +53,9 @@ def add_parser(subparsers) -> None:
 
 def _read(path: str, what: str):
     """(sitk image, SeriesVolume or None) from a file or a DICOM folder."""
-    from registration_core.io import read_image
 
     p = Path(path)
     if p.is_dir():
-        # reason: dicom_io loads SimpleITK and pydicom's codecs; only a DICOM-folder run needs them
-        from dicom_io import read_series
         try:
             vol = read_series(p)
         except Exception as exc:
@@ -63,8 +67,6 @@ def _read(path: str, what: str):
 
 def _write_dicom(out: Path, current, prior, res) -> list[str]:
     """Write DSR, rigid REG and the registered series into out/dicom; returns the written file names."""
-    # reason: dicom_io's writers import highdicom (~1 s); only a DICOM-folder run needs them
-    from node.work.outputs import dicom_outputs
 
     folder = out / "dicom"
     folder.mkdir(parents=True, exist_ok=True)
@@ -77,12 +79,7 @@ def _write_dicom(out: Path, current, prior, res) -> list[str]:
 
 def run(args) -> int:
     """Run the registration; returns 0, or 2 with a one-line message for input problems."""
-    import SimpleITK as sitk
 
-    from registration_core import RegistrationConfig, register
-    from registration_core.errors import RegistrationInputError
-    from registration_core.io import write_image
-    from registration_core.qc import write_qc_png
 
     t0 = time.perf_counter()
     out = Path(args.out)

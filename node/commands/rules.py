@@ -15,6 +15,10 @@ from pathlib import Path
 import yaml
 
 from node.config import ConfigError, load_config, parse_config, parse_rules
+from node.priors.dryrun import dry_run
+from node.store import queries
+from node.store.db import open_database
+from node.store.header import summary_from_files
 
 
 def add_parser(subparsers) -> None:
@@ -62,8 +66,6 @@ def _check(path: Path) -> int:
 
 
 def _folder_summary(folder: Path):
-    from node.store.header import summary_from_files
-
     files = [p for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")]
     if not files:
         raise ConfigError(f"no DICOM files in {folder}")
@@ -74,8 +76,6 @@ def _folder_summary(folder: Path):
 
 
 def _dry_run(args) -> int:
-    from node.priors.dryrun import dry_run
-
     cfg = load_config(args.config)
     candidates = [_folder_summary(p) for p in args.prior]
     study_arg = Path(args.study)
@@ -91,9 +91,6 @@ def _dry_run(args) -> int:
 
 
 def _db_study(cfg, uid: str):
-    from node.store import queries
-    from node.store.db import open_database
-
     if not cfg.node.database and not (cfg.node.data_dir / "node.db").exists():
         raise ConfigError(f"no node database at {cfg.node.data_dir / 'node.db'}: give --config of the running node, "
                           f"or a folder of DICOM files as --study")
@@ -109,9 +106,6 @@ def _db_study(cfg, uid: str):
 
 
 def _db_candidates(cfg, study, must_exist: bool):
-    from node.store import queries
-    from node.store.db import open_database
-
     if not must_exist and not (cfg.node.database or (cfg.node.data_dir / "node.db").exists()):
         return []
     db = open_database(cfg)

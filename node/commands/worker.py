@@ -11,6 +11,8 @@ import os
 import signal
 
 from node.config import load_config
+from node.ops.logging_setup import configure
+from node.service import NodeService
 
 
 def add_parser(subparsers) -> None:
@@ -25,8 +27,6 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     """Run workers until SIGTERM/SIGINT; returns the exit code."""
-    from node.ops.logging_setup import configure
-    from node.service import NodeService
 
     os.umask(0o077)  # spool, database, results and logs hold patient data: owner-only
     cfg = load_config(args.config)

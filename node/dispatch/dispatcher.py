@@ -15,17 +15,15 @@ import threading
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from node.store.db import (SEND_DEAD, SEND_DONE, SEND_QUEUED, SEND_SENDING, Database, Job, Send, add_event, utcnow)
+from node.dispatch import senders
+from node.ops import metrics
+from node.store.db import SEND_DEAD, SEND_DONE, SEND_QUEUED, SEND_SENDING, Database, Job, Send, add_event, utcnow
 from node.store.queries import result_files
+from node.store.queue import owner_is_dead_here
 
 log = logging.getLogger(__name__)
 
 SEND_LEASE_S = 900.0
-
-
-def _send_fn():
-    from node.dispatch.senders import send
-    return send
 
 
 def claim_send(session: Session, owner: str, now: _dt.datetime | None = None) -> int | None:
@@ -53,7 +51,6 @@ def claim_send(session: Session, owner: str, now: _dt.datetime | None = None) ->
 
 def requeue_orphan_sends(session: Session) -> int:
     """Re-queue sends left 'sending' by a dispatcher process of this host that no longer exists. Commits."""
-    from node.store.queue import owner_is_dead_here
     n = 0
     for snd in session.scalars(select(Send).where(Send.state == SEND_SENDING)).all():
         if owner_is_dead_here(snd.lease_owner):
@@ -85,7 +82,7 @@ def attempt(cfg, db: Database, send_id: int) -> str:
             error = f"job {job_id} has no result files to send"
         else:
             try:
-                report = _send_fn()(dest, files, calling_ae=cfg.node.ae_title)
+                report = senders.send(dest, files, calling_ae=cfg.node.ae_title)
                 acked = int(getattr(report, "n_acked", len(files)))
             except Exception as exc:  # noqa: BLE001 - SendError and anything unexpected: plain message
                 error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -98,11 +95,7 @@ def attempt(cfg, db: Database, send_id: int) -> str:
                       kind="send", study_uid=study_uid, job_id=job_id, send_id=send_id)
             log.info("send %d: job %d delivered to %s (%d instances)", send_id, job_id, dest_name, acked)
         else:
-            try:
-                from node.ops import metrics
-                metrics.SEND_FAILURES.labels(destination=dest_name).inc()
-            except Exception:  # noqa: BLE001
-                pass
+            metrics.SEND_FAILURES.labels(destination=dest_name).inc()
             snd.error, snd.lease_owner, snd.lease_expires_at = error, "", None
             if attempts >= max_attempts or dest is None:
                 snd.state, snd.finished_at = SEND_DEAD, utcnow()

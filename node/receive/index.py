@@ -40,7 +40,8 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from node.store.db import (STUDY_COMPLETE, STUDY_RECEIVING, STUDY_ROUTE_FAILED, Instance, Series, Study, add_event, utcnow)
+from node.receive.spool import fsync_dir
+from node.store.db import STUDY_COMPLETE, STUDY_RECEIVING, STUDY_ROUTE_FAILED, Instance, Series, Study, add_event, utcnow
 from node.store.header import parse_da, parse_ds, parse_is, text
 
 log = logging.getLogger(__name__)
@@ -596,7 +597,6 @@ class IndexWriter:
             conn.close()
 
     def _commit(self, batch: list) -> None:
-        from node.receive.spool import fsync_dir
         if self.fsync_dirs:
             for folder in {it.folder for it in batch if it.folder is not None}:
                 try:

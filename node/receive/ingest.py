@@ -16,10 +16,13 @@ from io import BytesIO
 from pydicom import dcmread
 from pydicom.uid import UID
 
-from node.store.db import Database
+from sqlalchemy import select
+
 from node.receive.index import INDEXED_KEYWORDS, IndexWriter, UidConflict, conflict, header_problem, record_instance
-from node.receive.part10 import (DatasetTooLarge, IncompleteDataset, check_complete, check_header, inflated_limit, is_complete, read_header)
+from node.receive.part10 import (DatasetTooLarge, IncompleteDataset, check_complete, check_header, inflated_limit,
+                                 is_complete, read_header)
 from node.receive.spool import Spool, SpoolFullError, fsync_dir
+from node.store.db import Database, Instance
 
 log = logging.getLogger("node.receive.receiver")
 
@@ -215,10 +218,6 @@ def reindex_spool(db: Database, spool: Spool, *, recent_s: float = 3600.0) -> in
     that cannot be read as DICOM (a write cut short before its fsync, never acknowledged) is removed.  A file whose
     SOP Instance UID the index holds at another path, or which contradicts the index (:class:`UidConflict`), or
     whose UIDs are not valid, is left where it is and not indexed: recovery never brings back a superseded copy."""
-    from sqlalchemy import select
-
-    from node.store.db import Instance
-
     root = spool.root
     if not root.is_dir():
         return 0

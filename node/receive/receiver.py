@@ -44,14 +44,14 @@ from pynetdicom import (ALL_TRANSFER_SYNTAXES, AE, PYNETDICOM_IMPLEMENTATION_UID
 from pynetdicom.sop_class import Verification
 from pynetdicom.utils import make_target
 
+from node.ops import metrics
 from node.receive import _peer_guard, reactor_wakeup
-from node.store.db import Database
 from node.receive.index import IndexWriter
+from node.receive.ingest import STATUS_CANNOT_UNDERSTAND, STATUS_OK, STATUS_OUT_OF_RESOURCES, ingest_dataset
 from node.receive.part10 import PREAMBLE, file_meta_bytes
 from node.receive.shared_listener import ReceiverLoad, SharedListenerServer
 from node.receive.spool import Spool
-from node.receive.ingest import (STATUS_CANNOT_UNDERSTAND, STATUS_OK, STATUS_OUT_OF_RESOURCES,
-                                 ingest_dataset)
+from node.store.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -239,13 +239,9 @@ class Receiver:
             return status
         with self._lock:
             self.stored += 1
-        try:
-            from node.ops import metrics
-            metrics.INSTANCES_RECEIVED.inc()
-            if self.load is not None and self.load.slot != 0:  # a child: the node process exports its count
-                self.load.count_received()
-        except Exception:  # noqa: BLE001 - metrics are optional
-            pass
+        metrics.INSTANCES_RECEIVED.inc()
+        if self.load is not None and self.load.slot != 0:  # a child: the node process exports its count
+            self.load.count_received()
         if log.isEnabledFor(logging.DEBUG):
             log.debug("C-STORE %s from %s: %s", req_uid(), calling, message)
         return STATUS_OK

@@ -20,6 +20,8 @@ import threading
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from node.route import rules
+from node.route.rules_store import effective_config
 from node.store.db import STUDY_COMPLETE, STUDY_RECEIVING, STUDY_ROUTE_FAILED, Database, Study, add_event, utcnow
 from node.store.queries import study_summary
 from node.store.queue import enqueue
@@ -32,9 +34,7 @@ def _route(cfg, summary, session: Session | None = None):
 
     With a session, the rules in force are the latest version saved in the console (else node.yaml's).
     """
-    from node.route import rules
     if session is not None:
-        from node.route.rules_store import effective_config
         cfg = effective_config(session, cfg)
     decisions = rules.route_study(cfg, summary)
     why = "" if decisions else rules.explain_no_route(cfg, summary)

@@ -3,7 +3,7 @@
 A rule (``node.config.Rule``) matches a study when every criterion in ``rule.match`` holds:
 
 - study-level: ``StudyDescription`` (regular expression, searched, case-insensitive; RE2 syntax, matched in linear
-  time by :mod:`node.route.rule_patterns` so no pattern can stall the node) and ``calling_ae`` (the AE title
+  time by :mod:`node.rule_patterns` so no pattern can stall the node) and ``calling_ae`` (the AE title
   that sent the study, one of a list, case-insensitive);
 - series-level, all on the SAME series: ``Modality``, ``BodyPartExamined`` (one of a list), ``SeriesDescription``
   (regular expression), ``slice_thickness_mm`` (min/max, mm) and ``min_slices`` (instances in the series).
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from node.config import NodeConfig, Rule
-from node.route.rule_patterns import search as pattern_search
+from node.rule_patterns import search as pattern_search
 from node.route.series import describe_series, pick_series
 from node.store.study import SeriesSummary, StudySummary
 

@@ -3,7 +3,7 @@
 The console and the REST API edit the rules as YAML text (a list of rules, the ``rules:`` section of node.yaml).
 Saving validates the text with :func:`node.config.parse_rules` plus the cross-checks of the whole configuration
 (duplicate names, ``send_to`` naming a destination that exists) and appends a new version; nothing is written
-when the text has a problem.  The rules' regular expressions must suit RE2 (:mod:`node.route.rule_patterns`: linear-time
+when the text has a problem.  The rules' regular expressions must suit RE2 (:mod:`node.rule_patterns`: linear-time
 matching, so a rule or a dry run can never stall the node); a pattern RE2 refuses (backreferences, lookaround) is a
 problem that names the rule and why. The newest version is the one in force; when none was saved yet, the rules of
 node.yaml are. Workers read them with :func:`current_rules`.

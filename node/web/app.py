@@ -100,6 +100,8 @@ def create_app(cfg: NodeConfig, session_factory, *, data_dir: str | Path | None 
     app.include_router(api.router)
     app.include_router(viewer.router)
     from node.audit import web as audit_web  # /audit, /notifications and the audit middleware
+    from . import stow  # STOW-RS in (POST /dicom-web/studies): sender tokens, its own streamed size limits
+    app.include_router(stow.router)
     audit_web.install(app, cfg, new_session, data_dir)
 
     @app.middleware("http")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.config import NodeConfig
+from node.net.dimse import DimseError, Peer, echo, status_text
 
 
 @functools.lru_cache(maxsize=1)
@@ -92,7 +93,6 @@ def check_peer(cfg: NodeConfig, kind: str, name: str, timeout_s: float = 5.0) ->
 
 
 def _echo(cfg: NodeConfig, ae_title: str, host: str, port: int, name: str, timeout_s: float) -> tuple[bool, str]:
-    from node.net.dimse import DimseError, Peer, echo, status_text
     try:
         status = echo(Peer(ae_title, host, port, name), cfg.node.ae_title, timeout_s=timeout_s)
     except DimseError as exc:

@@ -49,7 +49,7 @@ class Console:
 
     def __init__(self, tmp_path: Path, **web):
         from node.store.db import Database
-        from node.web import create_app, serve_in_thread
+        from node.web.app import create_app, serve_in_thread
         self.cfg = _cfg(tmp_path, **web)
         self.db = Database(self.cfg.node.database_url())
         self.app = create_app(self.cfg, self.db, data_dir=self.cfg.node.data_dir)
@@ -118,7 +118,7 @@ _SERVE = """
 import sys
 from node.config import NodeConfig
 from node.store.db import Database
-from node.web import create_app, serve_in_thread
+from node.web.app import create_app, serve_in_thread
 cfg = NodeConfig.model_validate({"node": {"data_dir": sys.argv[1]},
                                  "web": {"admin_password": sys.argv[3], "secret_key": "k" * 32}})
 server, thread = serve_in_thread(create_app(cfg, Database(cfg.node.database_url()), data_dir=sys.argv[1]),
@@ -300,7 +300,7 @@ import sys
 from node.config import NodeConfig
 from node.store.db import Database
 from node.ops.logging_setup import configure
-from node.web import create_app
+from node.web.app import create_app
 configure()
 cfg = NodeConfig.model_validate({"node": {"data_dir": sys.argv[1]}, "web": {"admin_user": "admin"}})
 create_app(cfg, Database(cfg.node.database_url()), data_dir=sys.argv[1])

@@ -399,7 +399,7 @@ def console(node_config, receiver, tmp_path):
     """The console app on a real HTTP port (uvicorn, in this process like `totalreg serve`), over the database
     of a running receiver; yields (base url, headers with an admin API token, cfg)."""
     import uvicorn
-    from node.web import create_app
+    from node.web.app import create_app
     from node.web.auth import create_token
     cfg, db, _ = receiver()
     app = create_app(cfg, db, data_dir=Path(cfg.node.data_dir), receiver_alive=lambda: True)

@@ -51,7 +51,7 @@ def node_db(tmp_path, node_cfg):
 @pytest.fixture
 def app(node_cfg, node_db, tmp_path):
     """The console app on the populated database (receiver reported alive)."""
-    from node.web import create_app
+    from node.web.app import create_app
     return create_app(node_cfg, node_db[0], data_dir=tmp_path / "var", receiver_alive=lambda: True)
 
 

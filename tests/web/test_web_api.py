@@ -349,7 +349,7 @@ def test_metrics_exposition(app):
 
 
 def test_healthz(node_cfg, node_db, tmp_path):
-    from node.web import create_app
+    from node.web.app import create_app
     alive = {"v": True}
     app = create_app(node_cfg, node_db[0], data_dir=tmp_path / "var", receiver_alive=lambda: alive["v"])
     with TestClient(app) as c:
@@ -377,7 +377,7 @@ def test_openapi_lists_the_api(app):
 
 def test_first_start_generates_admin_password_once(tmp_path, node_db, capsys, caplog):
     from node.config import NodeConfig
-    from node.web import create_app
+    from node.web.app import create_app
     cfg = NodeConfig.model_validate({"node": {"data_dir": str(tmp_path / "fresh")}, "web": {"admin_user": "root"}})
     shown: list[str] = []
     app = create_app(cfg, node_db[0], data_dir=tmp_path / "fresh", show_password=lambda t: shown.append(t) or True)
@@ -396,7 +396,7 @@ def test_first_start_generates_admin_password_once(tmp_path, node_db, capsys, ca
 
 def test_plain_text_password_file_of_an_older_version_is_used_once_then_deleted(tmp_path, node_db, caplog):
     from node.config import NodeConfig
-    from node.web import create_app
+    from node.web.app import create_app
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "admin_password").write_text("legacy-password-42\n")
     cfg = NodeConfig.model_validate({"node": {"data_dir": str(tmp_path / "old")}, "web": {"admin_user": "root"}})

@@ -23,7 +23,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 
 @pytest.fixture
 def server(app):
-    from node.web import serve_in_thread
+    from node.web.app import serve_in_thread
     port = free_port()
     srv, thread = serve_in_thread(app, "127.0.0.1", port)
     yield f"http://127.0.0.1:{port}"

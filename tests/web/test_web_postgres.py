@@ -36,7 +36,7 @@ def pg_db(pg_url, tmp_path):
 
 
 def test_console_on_postgres(pg_db, node_cfg, tmp_path):
-    from node.web import create_app
+    from node.web.app import create_app
     from node.web.auth import create_token
     ids = populate(pg_db, tmp_path / "var" / "results", qc_png=False)
     app = create_app(node_cfg, pg_db, data_dir=tmp_path / "var")
