@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from node.ops import metrics
 from node.config import NodeConfig
 
-from . import auth, queries
+from . import api, auth, pages, queries, viewer
 
 from node.store import console as models
 from .deps import Context, LoginRequired
@@ -95,13 +95,10 @@ def create_app(cfg: NodeConfig, session_factory, *, data_dir: str | Path | None 
     app.add_middleware(BodyLimit)  # outermost: an oversized body is refused before anything reads it
     app.mount("/static", StaticFiles(directory=str(PKG / "static")), name="static")
 
-    from . import api, pages, viewer
     app.include_router(pages.router)
     app.include_router(api.router)
     app.include_router(viewer.router)
     from node.audit import web as audit_web  # /audit, /notifications and the audit middleware
-    from . import stow  # STOW-RS in (POST /dicom-web/studies): sender tokens, its own streamed size limits
-    app.include_router(stow.router)
     audit_web.install(app, cfg, new_session, data_dir)
 
     @app.middleware("http")
