@@ -95,3 +95,33 @@ class Retention:
             except Exception:  # noqa: BLE001 - the database may be briefly unavailable; next tick
                 log.exception("retention: purge pass failed")
             stop.wait(max(0.0, self.tick_s - (time.monotonic() - t0)))
+
+
+def dashboard_view(data_dir: str | Path, points: int = 12) -> dict | None:
+    """What the console's dashboard shows about disk use and purging, from the status file (None before the first
+    pass): the usage (bytes) and watermarks, a trend of up to ``points`` samples (an SVG polyline, 120 x 28 px, and
+    bytes per hour over the samples), the next purge time and the last purge."""
+    st = read_status(data_dir)
+    if not st:
+        return None
+    u = st.get("usage", {})
+    samples = st.get("samples", [])
+    if len(samples) > points:
+        step = (len(samples) - 1) / (points - 1)
+        samples = [samples[round(i * step)] for i in range(points)]
+    key = 1 if u.get("metric") == "node" else 2
+    vals = [s[key] for s in samples]
+    top = max(vals + [u.get("high_bytes", 0), 1])
+    poly = " ".join(f"{i * 120 / max(1, len(vals) - 1):.0f},{28 - 26 * v / top:.1f}" for i, v in enumerate(vals))
+    per_hour = None
+    if len(samples) >= 2:
+        t0 = _dt.datetime.fromisoformat(samples[0][0])
+        t1 = _dt.datetime.fromisoformat(samples[-1][0])
+        if t1 > t0:
+            per_hour = (vals[-1] - vals[0]) / ((t1 - t0).total_seconds() / 3600)
+    last = (st.get("purges") or [None])[-1]
+    return dict(used=u.get("used", 0), node_bytes=u.get("node_bytes", 0), metric=u.get("metric", ""),
+                high_bytes=u.get("high_bytes", 0), low_bytes=u.get("low_bytes", 0),
+                fraction=min(1.0, u.get("used", 0) / max(1, u.get("high_bytes", 1))), trend=poly,
+                high_y=f"{28 - 26 * u.get('high_bytes', 0) / top:.1f}", per_hour=per_hour, n_samples=len(vals),
+                next_purge_at=st.get("next_purge_at", "").replace("T", " "), last_purge=last)

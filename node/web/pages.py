@@ -146,7 +146,14 @@ def dashboard(request: Request, user: auth.Principal = Depends(page_user), sessi
     peer_rows = [(kind, name, addr, c.peer_checks.get((kind, name))) for kind, name, addr in peers(c.cfg)]
     return render(request, "dashboard.html", user, nav="dashboard", ov=ov, disk=d, device=compute_device(),
                   peers=peer_rows, min_free_mb=c.cfg.node.min_free_disk_mb,
-                  receiver=None if c.receiver_alive is None else bool(c.receiver_alive()))
+                  receiver=None if c.receiver_alive is None else bool(c.receiver_alive()),
+                  retention=_retention_view(c.data_dir))
+
+
+def _retention_view(data_dir):
+    """Disk use, its trend and the next purge (node.retention.runner.dashboard_view)."""
+    from node.retention.runner import dashboard_view
+    return dashboard_view(data_dir)
 
 
 @router.post("/peers/echo")
