@@ -9,25 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
-from pydicom.valuerep import format_number_as_ds
-
-
-def ds_str(value: float) -> str:
-    """Format a number as a DICOM Decimal String (at most 16 characters)."""
-    v = float(value)
-    if v == 0.0:
-        v = 0.0  # no "-0.0"
-    s = format_number_as_ds(v)
-    digits = 15
-    while len(s) > 16 and digits > 1:  # pydicom can overflow near powers of ten (-9.999999999999991)
-        s = f"{v:.{digits}g}"
-        digits -= 1
-    return s
-
-
-def ds_list(values) -> list[str]:
-    """Format a sequence of numbers as Decimal Strings (each at most 16 characters)."""
-    return [ds_str(v) for v in values]
 
 
 def direction_matrix(image: sitk.Image) -> np.ndarray:

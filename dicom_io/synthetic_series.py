@@ -7,7 +7,6 @@ HU = stored * RescaleSlope + RescaleIntercept.
 """
 from __future__ import annotations
 
-import datetime as _dt
 from pathlib import Path
 from typing import Sequence
 
@@ -16,7 +15,8 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
-from .geometry import ds_list, ds_str, iop_of, pixel_spacing_of, slice_positions
+from .geometry import iop_of, pixel_spacing_of, slice_positions
+from .values import format_ds, format_ds_list
 
 DEFAULT_WINDOWS: tuple[tuple[float, float, str], ...] = ((40.0, 400.0, "SOFT TISSUE"), (-600.0, 1500.0, "LUNG"))
 
@@ -73,7 +73,7 @@ def _ct_slice_dataset(
     ds.PatientID = patient_id
     ds.PatientBirthDate = birth_date
     ds.PatientSex = patient_sex
-    ds.SliceThickness = ds_str(slice_thickness)
+    ds.SliceThickness = format_ds(slice_thickness)
     ds.KVP = "120"
     ds.PatientPosition = "HFS"
     ds.StudyInstanceUID = study_uid
@@ -81,24 +81,24 @@ def _ct_slice_dataset(
     ds.StudyID = study_id
     ds.SeriesNumber = series_number
     ds.AcquisitionNumber = 1
-    ds.ImageOrientationPatient = ds_list(iop)
+    ds.ImageOrientationPatient = format_ds_list(iop)
     ds.FrameOfReferenceUID = frame_of_reference_uid
     ds.PositionReferenceIndicator = ""
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows = rows
     ds.Columns = columns
-    ds.PixelSpacing = ds_list(pixel_spacing)
+    ds.PixelSpacing = format_ds_list(pixel_spacing)
     ds.BitsAllocated = 16
     ds.BitsStored = 16
     ds.HighBit = 15
     ds.PixelRepresentation = 1
     if windows:
-        ds.WindowCenter = ds_list([w[0] for w in windows])
-        ds.WindowWidth = ds_list([w[1] for w in windows])
+        ds.WindowCenter = format_ds_list([w[0] for w in windows])
+        ds.WindowWidth = format_ds_list([w[1] for w in windows])
         ds.WindowCenterWidthExplanation = [w[2] for w in windows]
-    ds.RescaleIntercept = ds_str(rescale_intercept)
-    ds.RescaleSlope = ds_str(rescale_slope)
+    ds.RescaleIntercept = format_ds(rescale_intercept)
+    ds.RescaleSlope = format_ds(rescale_slope)
     ds.RescaleType = "HU"
     return ds
 
@@ -167,8 +167,8 @@ def write_ct_series(
         sop_uid = generate_uid()
         ds.SOPInstanceUID = sop_uid
         ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = ds_list(pos)
-        ds.SliceLocation = ds_str(float(np.dot(pos, _normal(iop))))
+        ds.ImagePositionPatient = format_ds_list(pos)
+        ds.SliceLocation = format_ds(float(np.dot(pos, _normal(iop))))
         ds.PixelData = stored[k].tobytes()
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CTImageStorage
@@ -214,10 +214,3 @@ def make_test_volume(size=(32, 28, 12), spacing=(1.5, 1.25, 2.5), origin=(-24.0,
         img.SetDirection(tuple(float(d) for d in direction))
     return img
 
-
-def study_date_iso(da: str) -> str:
-    """DICOM DA 'YYYYMMDD' -> ISO 'YYYY-MM-DD' (returns the input unchanged if it does not parse)."""
-    try:
-        return _dt.datetime.strptime(da.strip(), "%Y%m%d").date().isoformat()
-    except (ValueError, AttributeError):
-        return da

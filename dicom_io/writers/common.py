@@ -6,7 +6,6 @@ series' headers (SeriesVolume.patient / .study).
 from __future__ import annotations
 
 import copy
-import datetime as _dt
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -45,12 +44,6 @@ def code_item(value: str, scheme: str, meaning: str) -> Dataset:
     item.CodingSchemeDesignator = scheme
     item.CodeMeaning = meaning
     return item
-
-
-def now_da_tm(now: _dt.datetime | None = None) -> tuple[str, str]:
-    """(DA, TM) strings for `now` (local time, default: the current time)."""
-    now = now or _dt.datetime.now()
-    return now.strftime("%Y%m%d"), now.strftime("%H%M%S")
 
 
 def copy_patient_study(ds: Dataset, current: SeriesVolume) -> None:

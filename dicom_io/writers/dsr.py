@@ -22,10 +22,11 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from ..errors import DicomInputError
-from ..geometry import direction_tuple, ds_list
+from ..geometry import direction_tuple
 from ..reader import SeriesVolume
+from ..values import format_ds_list, now_da_tm
 from .common import (Equipment, check_same_patient, code_item, common_instance_reference, file_meta_for,
-                     new_registration_dataset, now_da_tm, referenced_image_sequence)
+                     new_registration_dataset, referenced_image_sequence)
 
 DSR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.3"
 IDENTITY16 = [1.0, 0, 0, 0, 0, 1.0, 0, 0, 0, 0, 1.0, 0, 0, 0, 0, 1.0]
@@ -71,7 +72,7 @@ def sample_field(displacement: sitk.Image, grid: sitk.Image) -> np.ndarray:
 
 def _matrix_item(matrix16, matrix_type: str = "RIGID") -> Dataset:
     item = Dataset()
-    item.FrameOfReferenceTransformationMatrix = ds_list(matrix16)
+    item.FrameOfReferenceTransformationMatrix = format_ds_list(matrix16)
     item.FrameOfReferenceTransformationMatrixType = matrix_type
     return item
 
@@ -137,8 +138,8 @@ def write_dsr(
     item.PostDeformationMatrixRegistrationSequence = Sequence([_matrix_item(IDENTITY16)])
     g = Dataset()
     gd = np.asarray(grid.GetDirection(), float).reshape(3, 3)
-    g.ImageOrientationPatient = ds_list([*gd[:, 0], *gd[:, 1]])
-    g.ImagePositionPatient = ds_list(grid.GetOrigin())
+    g.ImageOrientationPatient = format_ds_list([*gd[:, 0], *gd[:, 1]])
+    g.ImagePositionPatient = format_ds_list(grid.GetOrigin())
     g.GridDimensions = [int(v) for v in grid.GetSize()]
     g.GridResolution = [float(v) for v in grid.GetSpacing()]
     g.VectorGridData = np.ascontiguousarray(vectors, dtype="<f4").tobytes()

@@ -15,17 +15,17 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from ..errors import DicomInputError
-from ..geometry import ds_list, ds_str, iop_of, pixel_spacing_of, slice_positions
+from ..geometry import iop_of, pixel_spacing_of, slice_positions
 from ..reader import CT_IMAGE, SeriesVolume
-from ..synthetic_series import study_date_iso
-from .common import Equipment, body_part_and_laterality, check_same_patient, code_item, copy_patient_study, file_meta_for, now_da_tm
+from ..values import da_to_iso, format_ds, format_ds_list, now_da_tm
+from .common import Equipment, body_part_and_laterality, check_same_patient, code_item, copy_patient_study, file_meta_for
 
 REGISTERED_PREFIX = "PRIOR"
 
 
 def registered_description(prior: SeriesVolume, current: SeriesVolume) -> str:
     """'PRIOR 2023-01-05 REGISTERED TO 2024-03-10' (ISO dates from StudyDate; max 64 characters)."""
-    return f"PRIOR {study_date_iso(prior.study_date)} REGISTERED TO {study_date_iso(current.study_date)}"[:64]
+    return f"PRIOR {da_to_iso(prior.study_date)} REGISTERED TO {da_to_iso(current.study_date)}"[:64]
 
 
 def _check_grid(img: sitk.Image, current: SeriesVolume, what: str) -> None:
@@ -103,9 +103,9 @@ def _ct_series(
             refs.append(it)
         base.ReferencedInstanceSequence = Sequence(refs)
     base.LossyImageCompression = "00"
-    base.ImageOrientationPatient = ds_list(iop)
-    base.PixelSpacing = ds_list(spacing)
-    base.SliceThickness = ds_str(current.image.GetSpacing()[2])
+    base.ImageOrientationPatient = format_ds_list(iop)
+    base.PixelSpacing = format_ds_list(spacing)
+    base.SliceThickness = format_ds(current.image.GetSpacing()[2])
     base.SamplesPerPixel = 1
     base.PhotometricInterpretation = "MONOCHROME2"
     base.Rows = image.GetSize()[1]
@@ -121,8 +121,8 @@ def _ct_series(
     base.AcquisitionNumber = ""
     base.BurnedInAnnotation = "NO"
     if windows:
-        base.WindowCenter = ds_list([w[0] for w in windows])
-        base.WindowWidth = ds_list([w[1] for w in windows])
+        base.WindowCenter = format_ds_list([w[0] for w in windows])
+        base.WindowWidth = format_ds_list([w[1] for w in windows])
         if any(w[2] for w in windows):
             base.WindowCenterWidthExplanation = [w[2] or f"WINDOW {i + 1}" for i, w in enumerate(windows)]
     out = []
@@ -131,8 +131,8 @@ def _ct_series(
         ds.update(base)
         ds.SOPInstanceUID = UID()
         ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = ds_list(pos)
-        ds.SliceLocation = ds_str(float(np.dot(pos, normal)))
+        ds.ImagePositionPatient = format_ds_list(pos)
+        ds.SliceLocation = format_ds(float(np.dot(pos, normal)))
         ds.PixelData = stored[k].tobytes()
         ds["PixelData"].VR = "OW"
         file_meta_for(ds)
@@ -169,7 +169,7 @@ def write_registered_series(
     return _ct_series(
         current, warped,
         description=description or registered_description(prior, current),
-        derivation_description=(f"Prior CT series {prior.series_uid} of {study_date_iso(prior.study_date)} "
+        derivation_description=(f"Prior CT series {prior.series_uid} of {da_to_iso(prior.study_date)} "
                                 "deformably registered and resampled onto the current CT (TotalRegistrator)"),
         derivation_code=code_item("113085", "DCM", "Spatial resampling"),
         sources=[(c, u) for c, u in prior.referenced_instances],
@@ -208,7 +208,7 @@ def write_subtraction_series(
                      code_item("125028", "DCM", "Source Deformable Spatial Registration")))
     return _ct_series(
         current, diff,
-        description=f"SUBTRACTION CURRENT MINUS PRIOR {study_date_iso(prior.study_date)}"[:64],
+        description=f"SUBTRACTION CURRENT MINUS PRIOR {da_to_iso(prior.study_date)}"[:64],
         derivation_description="Current CT minus the deformably registered prior CT (HU difference)",
         derivation_code=code_item("113062", "DCM", "Pixel by pixel subtraction"),
         sources=list(current.referenced_instances) + list(prior.referenced_instances),

@@ -18,10 +18,10 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from ..errors import DicomInputError
-from ..geometry import ds_list
 from ..reader import SeriesVolume
+from ..values import format_ds_list, now_da_tm
 from .common import (Equipment, check_same_patient, code_item, common_instance_reference, file_meta_for,
-                     new_registration_dataset, now_da_tm, referenced_image_sequence)
+                     new_registration_dataset, referenced_image_sequence)
 
 REG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.1"
 
@@ -71,7 +71,7 @@ def prior_to_current_matrix(affine: sitk.Transform) -> np.ndarray:
 
 def _matrix_registration(matrix: np.ndarray, mtype: str, code: Dataset, comment: str) -> Sequence:
     mi = Dataset()
-    mi.FrameOfReferenceTransformationMatrix = ds_list(matrix.ravel())
+    mi.FrameOfReferenceTransformationMatrix = format_ds_list(matrix.ravel())
     mi.FrameOfReferenceTransformationMatrixType = mtype
     reg = Dataset()
     reg.FrameOfReferenceTransformationComment = comment

@@ -62,6 +62,6 @@ def test_any_orientation(q, t, flip):
 @pytest.mark.parametrize("v", [-9.999999999999991, 99.99999999999999, -0.9999999999999999, 2.220446049250313e-16,
                                -123456789.123456789, 5e-324, 1e20])
 def test_decimal_strings_fit_16_chars(v):
-    from dicom_io.geometry import ds_str
-    s = ds_str(v)
+    from dicom_io.values import format_ds
+    s = format_ds(v)
     assert len(s) <= 16 and abs(float(s) - v) <= 1e-9 * max(1.0, abs(v))
