@@ -271,3 +271,18 @@ def test_retention_settings_validate(tmp_path):
     p.write_text("retention: {max_bytes: 2 parsecs}\n")
     with pytest.raises(ConfigError):
         load_config(p)
+
+
+def test_purge_on_postgresql_with_a_queued_job(tmp_path, node_config, pg_schema_url):
+    """The same purge on PostgreSQL (the jobs table locked for the plan-and-mark transaction)."""
+    cfg, _ = node_config(node={"database": pg_schema_url}, retention={"received_studies_days": 1})
+    n = Node(tmp_path, cfg)
+    old = n.study("PG1", age_days=5)
+    queued = n.study("PG2", age_days=5)
+    n.job(queued, state="queued")
+    dry = purge(n.db, n.cfg, dry_run=True)
+    res = purge(n.db, n.cfg)
+    assert [i.key for i in dry.plan.items] == [i.key for i in res.plan.items] == [old]
+    assert n.studies() == {queued} and res.instances == 3
+    assert check(n.db, n.cfg).ok
+    n.db.dispose()
