@@ -286,3 +286,41 @@ def test_purge_on_postgresql_with_a_queued_job(tmp_path, node_config, pg_schema_
     assert n.studies() == {queued} and res.instances == 3
     assert check(n.db, n.cfg).ok
     n.db.dispose()
+
+
+def test_purge_cli_lists_each_study_and_job_with_bytes_and_check_finds_mismatches(node, capsys, tmp_path):
+    import yaml
+    from node.cli import main
+    n = node(received_studies_days=10, job_results_days=10)
+    old = n.study("K1", age_days=20)
+    keep = n.study("K2", age_days=1)
+    j = n.job(keep, age_days=20, results=4321, send="done")
+    cfg_path = tmp_path / "node.yaml"
+    data = yaml.safe_load(cfg_path.read_text())
+    data["retention"].update(received_studies_days=10, job_results_days=10)
+    cfg_path.write_text(yaml.safe_dump(data))
+    old_bytes = n.bytes_of(old)
+    assert main(["purge", "--dry-run", "--config", str(cfg_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"received study {old}: 3 instances, {old_bytes} bytes" in out and "reason: age" in out
+    assert f"results of job {j}: 4321 bytes" in out and keep not in out
+    assert n.studies() == {old, keep}  # a dry run changes nothing
+    assert main(["purge", "--config", str(cfg_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"deleted: 1 received studies, 0 retrieved priors (3 instances, {old_bytes} bytes), 1 job results " \
+           f"(4321 bytes)" in out
+    assert n.studies() == {keep}
+    assert main(["check", "--config", str(cfg_path)]) == 0
+    assert "OK: index and disk agree" in capsys.readouterr().out
+    # a file deleted behind the index's back, a stray file, a row whose size is wrong
+    with n.db.session() as s:
+        paths = [Path(p) for p in s.scalars(select(Instance.path).where(Instance.study_uid == keep))]
+    paths[0].unlink()
+    (paths[1].parent / "stray.dcm").write_bytes(b"x")
+    paths[2].write_bytes(paths[2].read_bytes() + b"\0\0")
+    rep = check(n.db, n.cfg)
+    assert len(rep.missing_files) == 1 and str(paths[0]) in rep.missing_files[0]
+    assert len(rep.unknown_files) == 1 and "stray.dcm" in rep.unknown_files[0]
+    assert len(rep.size_mismatch) == 1 and not rep.ok
+    assert main(["check", "--config", str(cfg_path)]) == 1
+    assert "MISMATCH: 3 problems" in capsys.readouterr().out
