@@ -22,4 +22,9 @@ PY=${PYTHON:-python3}
 # The CPU build of torch first (a plain 'torch' would pull a multi-GB CUDA build).
 $PY -m pip install -q "torch==2.13.0"
 $PY -m pip install -q -e '.[test]'
+# The console's viewer bundle (NiiVue from npm) is committed; build it only when it is missing.
+if [ ! -s node/static/viewer/niivue.js ]; then
+  command -v npm >/dev/null 2>&1 || { $SUDO apt-get update -q; DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends npm; }
+  bash scripts/build_viewer.sh
+fi
 echo "install.sh: done"

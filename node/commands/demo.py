@@ -8,8 +8,10 @@ What it does:
 3. writes ``node.yaml`` and starts an embedded node (``totalreg serve`` in a child process);
 4. renders a synthetic whole-body CT of one patient twice (prior 2023-01-05, current 2024-03-10, the current one
    moved and deformed), writes them as DICOM series and sends both to the node over DICOM (C-STORE);
-5. waits for the node to register the prior to the current study and deliver the results, then prints where the
-   registered prior, the DSR, the rigid REG and the QC picture landed.
+5. waits for the node to register the prior to the current study and deliver the results, showing the stage (from
+   the node's database), the elapsed time and a progress bar; then prints where the registered prior, the DSR, the
+   rigid REG and the QC picture landed, the mean landmark error against the phantom's exact ground truth before and
+   after registration (through the delivered DSR), and the URL of the job's page with the viewer in the console.
 
 The embedded node and Orthanc are stopped at the end unless ``--keep-running`` (then Ctrl-C stops them).
 """
@@ -17,14 +19,18 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 ORTHANC_BIN = Path("/usr/sbin/Orthanc")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -168,6 +174,8 @@ class DemoStudies:
     prior_study_uid: str
     current_study_uid: str
     patient_id: str
+    #: exact ground truth: (points in the current scan, the same anatomy in the prior), (N, 3) LPS mm each
+    landmarks: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def synthetic_pair(spacing_mm: float = 4.0, seed: int = 7, realistic: bool = True,
@@ -176,6 +184,15 @@ def synthetic_pair(spacing_mm: float = 4.0, seed: int = 7, realistic: bool = Tru
     anatomy displaced: breathing, organ shift, table shift (registration_core.synthetic.make_longitudinal_pair) when
     ``realistic`` and available, else the same phantom under a small rigid motion (fast). ``fov_mm``: field of view
     (x, y, z mm) of the current scan; smaller is faster to register."""
+    current, prior, _ = synthetic_pair_with_truth(spacing_mm, seed, realistic, fov_mm)
+    return current, prior
+
+
+def synthetic_pair_with_truth(spacing_mm: float = 4.0, seed: int = 7, realistic: bool = True,
+                              fov_mm: tuple[float, float, float] = (360.0, 270.0, 360.0)):
+    """Like :func:`synthetic_pair`, plus the exact ground truth as landmarks ``(current_points, prior_points)``,
+    (N, 3) arrays in LPS mm: the generator's landmarks, or (rigid fallback) up to 100 body voxels of the current
+    scan and where the rigid motion puts them in the prior."""
     import SimpleITK as sitk
 
     make_longitudinal_pair = None
@@ -195,7 +212,8 @@ def synthetic_pair(spacing_mm: float = 4.0, seed: int = 7, realistic: bool = Tru
             if fixed is None and isinstance(pair, tuple):
                 fixed, moving = pair[0], pair[1]
             if fixed is not None and moving is not None:
-                return fixed, moving
+                lm = getattr(pair, "landmarks", None)
+                return fixed, moving, (np.asarray(lm[0], float), np.asarray(lm[1], float)) if lm else None
         except TypeError:
             pass
     from registration_core.synthetic import make_phantom
@@ -206,7 +224,12 @@ def synthetic_pair(spacing_mm: float = 4.0, seed: int = 7, realistic: bool = Tru
     t.SetRotation(0.0, 0.0, 0.05)
     t.SetTranslation((6.0, -4.0, 8.0))
     prior = sitk.Resample(current, current, t, sitk.sitkLinear, -1000.0, sitk.sitkFloat32)
-    return current, prior
+    # prior(x) = current(t(x)): the anatomy at current point p lies at t^-1(p) in the prior
+    body = np.argwhere(sitk.GetArrayViewFromImage(current) > -300)  # (z, y, x) indices inside the body
+    picked = body[np.random.default_rng(seed).choice(len(body), size=min(100, len(body)), replace=False)]
+    pts = np.array([current.TransformIndexToPhysicalPoint([int(i) for i in idx[::-1]]) for idx in picked], float)
+    inverse = t.GetInverse()
+    return current, prior, (pts, np.array([inverse.TransformPoint(tuple(p)) for p in pts], float))
 
 
 def write_demo_studies(folder: Path, spacing_mm: float = 4.0, patient_id: str = "DEMO-0001",
@@ -217,7 +240,7 @@ def write_demo_studies(folder: Path, spacing_mm: float = 4.0, patient_id: str = 
 
     from dicom_io.synthetic_series import write_ct_series
 
-    current, prior = synthetic_pair(spacing_mm, seed, realistic=realistic, fov_mm=fov_mm)
+    current, prior, landmarks = synthetic_pair_with_truth(spacing_mm, seed, realistic=realistic, fov_mm=fov_mm)
     prior_uid, current_uid = generate_uid(), generate_uid()
     common = dict(patient_id=patient_id, patient_name=patient_name, birth_date="19580214")
     prior_files = write_ct_series(prior, folder / "prior", study_uid=prior_uid, study_date="20230105",
@@ -226,14 +249,42 @@ def write_demo_studies(folder: Path, spacing_mm: float = 4.0, patient_id: str = 
     current_files = write_ct_series(current, folder / "current", study_uid=current_uid, study_date="20240310",
                                     series_description=f"CT WB {spacing_mm:g} mm", accession_number="DEMO-A2",
                                     study_time="101500", **common)
-    return DemoStudies(prior_files, current_files, prior_uid, current_uid, patient_id)
+    return DemoStudies(prior_files, current_files, prior_uid, current_uid, patient_id, landmarks)
+
+
+def landmark_errors(result_dir: Path, landmarks: tuple[np.ndarray, np.ndarray]) -> tuple[int, float, float] | None:
+    """(number of landmarks, mean error before, mean error after registration) in mm, against the exact ground truth.
+
+    Before: |p - q| (the scans as they are; p in the current scan, q the same anatomy in the prior, LPS mm). After:
+    |p + d(p) - q| with d the delivered DSR's field (current point -> prior point, LPS mm, linear between its grid
+    points). None when the job wrote no DSR."""
+    import SimpleITK as sitk
+    from pydicom import dcmread
+
+    from dicom_io.writers.dsr import DSR_SOP_CLASS, dsr_vectors
+
+    for f in sorted((Path(result_dir) / "dicom").glob("*.dcm")):
+        ds = dcmread(f)
+        if str(ds.get("SOPClassUID", "")) == DSR_SOP_CLASS:
+            break
+    else:
+        return None
+    vec, grid = dsr_vectors(ds)
+    field = sitk.GetImageFromArray(np.asarray(vec, np.float64), isVector=True)
+    field.CopyInformation(grid)
+    transform = sitk.DisplacementFieldTransform(field)
+    p, q = (np.asarray(a, float) for a in landmarks)
+    mapped = np.array([transform.TransformPoint(tuple(x)) for x in p])
+    return len(p), float(np.linalg.norm(p - q, axis=1).mean()), float(np.linalg.norm(mapped - q, axis=1).mean())
 
 
 # ------------------------------------------------------------------------------------------------ the job
 
 def node_yaml(workdir: Path, *, node_port: int, orthanc: EmbeddedOrthanc | None, iterations: int | None,
-              device: str, quiet_s: float = 3.0) -> str:
-    """The demo's node.yaml: embedded SQLite, quiet period ``quiet_s``, folder (+ Orthanc) destinations."""
+              device: str, quiet_s: float = 3.0, web_port: int | None = None,
+              admin_password: str | None = None) -> str:
+    """The demo's node.yaml: embedded SQLite, quiet period ``quiet_s``, folder (+ Orthanc) destinations; the web
+    console on 127.0.0.1:``web_port`` (user admin, ``admin_password``) when ``web_port`` is given."""
     import yaml
 
     dests = [{"name": "folder", "kind": "folder", "path": str(workdir / "results")}]
@@ -256,14 +307,96 @@ def node_yaml(workdir: Path, *, node_port: int, orthanc: EmbeddedOrthanc | None,
         "jobs": {"workers": 1, "retry": {"max_attempts": 2, "backoff_s": 5}},
         "rules": [{"name": "ct-followup", "match": {"Modality": "CT"}, "prior": {"max_age_days": 3650},
                    "send_to": [d["name"] for d in dests], "registration": reg}],
-        "web": {"enabled": False},
+        "web": {"enabled": True, "host": "127.0.0.1", "port": web_port, "admin_user": "admin",
+                "admin_password": admin_password} if web_port else {"enabled": False},
     }
     return yaml.safe_dump(cfg, sort_keys=False)
 
 
+#: the stages the demo waits through, in order (the progress bar counts them)
+STAGES = ("receiving the current study (quiet period)", "queued for a worker", "registering",
+          "delivering the results")
+
+
+def progress_of(session, study_uid: str) -> dict:
+    """Where the node is with ``study_uid``, from its database: ``{"step": 0..4, "stage": text, "fraction": 0..1,
+    "detail": text}``; step = number of :data:`STAGES` finished (4: all results delivered or given up)."""
+    from sqlalchemy import select
+
+    from node.store.db import JOB_RUNNING, JOB_TERMINAL, SEND_DEAD, SEND_DONE, Job, Send, Study
+
+    def at(step: int, detail: str = "", within: float = 0.0) -> dict:
+        stage = STAGES[step] if step < len(STAGES) else "finished"
+        return {"step": step, "stage": stage, "detail": detail,
+                "fraction": min(1.0, (step + max(0.0, min(1.0, within))) / len(STAGES))}
+
+    study = session.scalar(select(Study).where(Study.study_uid == study_uid))
+    jobs = session.scalars(select(Job).where(Job.study_uid == study_uid).order_by(Job.id)).all()
+    if not jobs:
+        n = f"{study.n_instances} instances received" if study is not None else "nothing received yet"
+        return at(0, n)
+    job = jobs[0]
+    if job.state not in JOB_TERMINAL and job.state != JOB_RUNNING:
+        return at(1, f"job {job.id}")
+    if job.state == JOB_RUNNING:
+        return at(2, f"job {job.id}, attempt {job.attempts}")
+    sends = session.scalars(select(Send).where(Send.job_id == job.id)).all()
+    total = sum(x.n_files for x in sends)
+    acked = sum(x.n_acknowledged for x in sends)
+    if any(x.state not in (SEND_DONE, SEND_DEAD) for x in sends):
+        return at(3, f"job {job.id}: {acked} of {total} files acknowledged", acked / total if total else 0.0)
+    return at(len(STAGES), f"job {job.id} {job.state}")
+
+
+class ProgressLine:
+    """Shows the demo's progress: on a terminal one line redrawn in place (bar, stage, elapsed seconds); otherwise
+    (a log, a pipe) one line per stage change and one every ``every_s`` seconds within a stage. ``stream``: where
+    to write (default stdout)."""
+
+    WIDTH = 24
+
+    def __init__(self, stream=None, tty: bool | None = None, every_s: float = 30.0) -> None:
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.every_s = every_s
+        self.t0 = time.monotonic()
+        self.last_key: tuple | None = None
+        self.stage_t0 = self.printed_t = self.t0
+
+    def line(self, p: dict, now: float | None = None) -> str:
+        """The text for progress ``p`` (see :func:`progress_of`)."""
+        now = time.monotonic() if now is None else now
+        filled = round(self.WIDTH * p["fraction"])
+        bar = "#" * filled + "-" * (self.WIDTH - filled)
+        detail = f" ({p['detail']})" if p.get("detail") else ""
+        return (f"demo: [{bar}] {p['step']}/{len(STAGES)} {p['stage']}{detail}, "
+                f"{now - self.t0:.0f} s elapsed, {now - self.stage_t0:.0f} s in this stage")
+
+    def update(self, p: dict) -> None:
+        """Show progress ``p``."""
+        key = (p["step"], p["stage"])
+        now = time.monotonic()
+        if key != self.last_key:
+            self.stage_t0 = now
+        if self.tty:
+            self.stream.write("\r" + self.line(p, now).ljust(110))
+            self.stream.flush()
+        elif key != self.last_key or now - self.printed_t >= self.every_s:
+            print(self.line(p, now), file=self.stream, flush=True)
+            self.printed_t = now
+        self.last_key = key
+
+    def close(self) -> None:
+        """End the redrawn line (terminal only)."""
+        if self.tty and self.last_key is not None:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
 def wait_for_delivery(db_url: str, study_uid: str, timeout_s: float, proc: subprocess.Popen | None = None,
-                      log_path: Path | None = None) -> dict:
-    """Wait until the node's job(s) for ``study_uid`` are finished and every send is done or dead.
+                      log_path: Path | None = None, progress: Callable[[dict], None] | None = None) -> dict:
+    """Wait until the node's job(s) for ``study_uid`` are finished and every send is done or dead; ``progress`` is
+    called with :func:`progress_of`'s dict at every poll (0.5 s) while waiting.
 
     Returns a dict with the first job's id, state, outcome, reason, result_dir, qc_png, timings and the sends."""
     from sqlalchemy import select
@@ -275,6 +408,8 @@ def wait_for_delivery(db_url: str, study_uid: str, timeout_s: float, proc: subpr
         def finished():
             try:
                 with db.session() as s:
+                    if progress is not None:
+                        progress(progress_of(s, study_uid))
                     jobs = s.scalars(select(Job).where(Job.study_uid == study_uid).order_by(Job.id)).all()
                     if not jobs or any(j.state not in JOB_TERMINAL for j in jobs):
                         return None
@@ -309,7 +444,8 @@ def run(args) -> int:
     t_start = time.monotonic()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="totalreg-demo-")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    node_port = free_port()
+    node_port, web_port = free_port(), free_port()
+    admin_password = secrets.token_urlsafe(12)
     use_orthanc = ORTHANC_BIN.exists() and not args.no_orthanc
     orthanc = EmbeddedOrthanc(workdir / "orthanc", "TOTALREG", node_port) if use_orthanc else None
     node = None
@@ -323,7 +459,7 @@ def run(args) -> int:
             print("demo: Orthanc not installed; results go to a folder only")
         cfg_path = workdir / "node.yaml"
         cfg_path.write_text(node_yaml(workdir, node_port=node_port, orthanc=orthanc, iterations=args.iterations,
-                                      device=args.device))
+                                      device=args.device, web_port=web_port, admin_password=admin_password))
         node = NodeProcess(cfg_path, "TOTALREG", node_port, workdir / "node.log").start()
         print(f"demo: node TOTALREG listening on 127.0.0.1:{node_port} (log {workdir / 'node.log'})")
         studies = write_demo_studies(workdir / "input", spacing_mm=args.spacing)
@@ -340,8 +476,13 @@ def run(args) -> int:
         from node.config import load_config
 
         db_url = load_config(cfg_path).node.database_url()
-        result = wait_for_delivery(db_url, studies.current_study_uid, args.timeout, proc=node.proc,
-                                   log_path=node.log_path)
+        bar = ProgressLine()
+        try:
+            result = wait_for_delivery(db_url, studies.current_study_uid, args.timeout, proc=node.proc,
+                                       log_path=node.log_path, progress=bar.update)
+            bar.update({"step": len(STAGES), "stage": "finished", "fraction": 1.0, "detail": ""})
+        finally:
+            bar.close()
         print(f"demo: job {result['job_id']} {result['state']} ({result['outcome'] or '-'}): {result['reason']}")
         for snd in result["sends"]:
             line = f"demo: send to '{snd['destination']}': {snd['state']} ({snd['acked']} instances acknowledged)"
@@ -349,6 +490,14 @@ def run(args) -> int:
         ok = result["state"] == "done" and result["outcome"] == "registered" and \
             all(s["state"] == "done" for s in result["sends"])
         _print_locations(result, workdir, orthanc, studies.current_study_uid)
+        if studies.landmarks is not None and result.get("result_dir") and result["outcome"] == "registered":
+            errs = landmark_errors(Path(result["result_dir"]), studies.landmarks)
+            if errs is not None:
+                print(f"demo: landmark error against the phantom's exact ground truth ({errs[0]} landmarks): "
+                      f"mean {errs[1]:.2f} mm before, {errs[2]:.2f} mm after registration")
+        hint = "" if args.keep_running else "; the node stops when the demo ends: add --keep-running to browse it"
+        print(f"demo: viewer: http://127.0.0.1:{web_port}/jobs/{result['job_id']} "
+              f"(sign in as admin, password {admin_password}{hint})")
         print(f"demo: {'finished' if ok else 'FAILED'} in {time.monotonic() - t_start:.0f} s "
               f"({time.monotonic() - t_sent:.0f} s from sending to delivery)")
         if args.keep_running and ok:

@@ -38,6 +38,7 @@ async function main() {
     let msg = `HTTP ${resp.status}`;
     try { msg = (await resp.json()).detail || msg; } catch (e) { /* not JSON */ }
     status(`No viewer for this job: ${msg}`, true);
+    root.classList.add("unavailable");
     return;
   }
   const meta = await resp.json();
