@@ -13,7 +13,8 @@ Never eligible (the protected set, read in the purge's own transaction):
 * a study still receiving, or with a late-instance follow-up pending (``follow_up_pending``), or that received an
   instance within ``completion.quiet_seconds``;
 * every study of a patient who has a queued or running job (the job's current study, the prior it names and every
-  candidate prior the worker may still pick), and every study a queued or running job names;
+  candidate prior the worker may still pick), or a study still receiving or with a follow-up pending (its jobs,
+  not enqueued yet, will look for the patient's priors), and every study a queued or running job names;
 * the results (and the row) of a job with a send that is not ``done`` (queued, sending, or dead: re-sendable).
 
 Age limits apply first; then, while the watermark metric is above ``high_watermark``, the oldest remaining eligible
@@ -30,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from node.retention.usage import ResultSizes, Usage
 from node.store.db import (JOB_DEAD, JOB_DONE, JOB_FAILED, JOB_QUEUED, JOB_RUNNING, SEND_DONE, STUDY_COMPLETE,
-                           STUDY_ROUTE_FAILED, Event, Job, Send, Study)
+                           STUDY_RECEIVING, STUDY_ROUTE_FAILED, Event, Job, Send, Study)
 
 PAGE = 500  # candidate rows read per query
 
@@ -94,13 +95,17 @@ def _days_ago(now: _dt.datetime, days: float | None) -> _dt.datetime | None:
 
 
 def protected_study_ids(session: Session, cfg, now: _dt.datetime) -> tuple[set[str], set[str]]:
-    """(StudyInstanceUIDs, PatientIDs) that queued or running jobs need; see the module docstring."""
+    """(StudyInstanceUIDs, PatientIDs) that queued or running jobs, and studies still to be routed, need; see the
+    module docstring."""
     uids: set[str] = set()
     rows = session.execute(select(Job.study_uid, Job.prior_study_uid, Job.params)
                            .where(Job.state.in_((JOB_QUEUED, JOB_RUNNING)))).all()
     for study_uid, prior_uid, params in rows:
         uids.update(u for u in (study_uid, prior_uid, (params or {}).get("prior_study_uid", "")) if u)
-    patients: set[str] = set()
+    # a study still arriving (or with a follow-up pending) will be routed: its jobs will look for the patient's priors
+    patients: set[str] = {p for (p,) in session.execute(
+        select(Study.patient_id).where(or_(Study.state == STUDY_RECEIVING, Study.follow_up_pending == True),  # noqa: E712
+                                       Study.origin != "retrieved")) if p}
     for i in range(0, len(uids), PAGE):
         chunk = sorted(uids)[i:i + PAGE]
         patients.update(p for p in session.scalars(select(Study.patient_id).where(Study.study_uid.in_(chunk)))

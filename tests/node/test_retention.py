@@ -155,13 +155,16 @@ def test_what_jobs_sends_and_follow_ups_need_is_kept(node):
     n.job(running_cur, state="running")
     follow_up = n.study("PF", age_days=60, state="receiving", follow_up=True)
     receiving = n.study("PX", age_days=60, state="receiving")
+    prior_of_arriving = n.study("PX", age_days=900)  # its job, not enqueued yet, will want this prior
+    prior_of_follow_up = n.study("PF", age_days=900)
     free = n.study("PZ", age_days=60)
     pending = n.job(free, age_days=30, results=700, send="queued")   # undelivered send: results kept
     dead = n.job(free, age_days=30, results=300, send="dead")        # dead (re-sendable): kept
     sent = n.job(free, age_days=30, results=200, send="done")        # delivered: goes
     res = purge(n.db, n.cfg)
-    assert n.studies() == {current, candidate_prior, running_cur, follow_up, receiving}
-    assert res.plan.protected_studies == 3
+    assert n.studies() == {current, candidate_prior, running_cur, follow_up, receiving, prior_of_arriving,
+                           prior_of_follow_up}
+    assert res.plan.protected_studies == 5
     rd = Path(n.cfg.node.data_dir).resolve() / "results"
     assert (rd / str(pending)).exists() and (rd / str(dead)).exists() and not (rd / str(sent)).exists()
     assert res.results == 1 and res.results_bytes == 200
