@@ -280,7 +280,23 @@ def read_series(
 
 def _read_series(paths_or_folder, missing_slices: str, nonuniform: str, max_spacing_deviation: float, tilt: str,
                  orientation_tolerance: float) -> SeriesVolume:
-    paths = _collect_paths(paths_or_folder)
+    """The reading steps of :func:`read_series` (arguments validated there), one function per step."""
+    datasets, kept_paths = _read_files(_collect_paths(paths_or_folder))
+    series, for_uid = _check_objects(datasets, kept_paths)
+    sname = short(series)  # for messages
+    frames, (row, col, normal) = _frames_and_axes(datasets, kept_paths, sname, orientation_tolerance)
+    notes: list[str] = []
+    frames, dist = _sort_decode_dedupe(frames, datasets, normal, sname, notes)
+    offsets, tilted = _gantry_tilt(frames, dist, row, col, tilt, sname, notes)
+    uniform, targets, spacing_z = _slice_spacing(frames, dist, normal, missing_slices, nonuniform,
+                                                 max_spacing_deviation, sname, notes)
+    image = _volume(frames, dist, offsets, tilted, uniform, targets, spacing_z, (row, col, normal))
+    return _series_volume(image, frames, datasets, kept_paths, series, for_uid, dist, targets, notes)
+
+
+def _read_files(paths: list[Path]) -> tuple[list[Dataset], list[Path]]:
+    """Read and fully decode every file; exact duplicates (same SOPInstanceUID) are dropped. Returns the datasets
+    and their paths, in the given order."""
     datasets: list[Dataset] = []
     kept_paths: list[Path] = []
     seen_sops: set[str] = set()
@@ -292,8 +308,12 @@ def _read_series(paths_or_folder, missing_slices: str, nonuniform: str, max_spac
         seen_sops.add(sop)
         datasets.append(ds)
         kept_paths.append(p)
+    return datasets, kept_paths
 
-    # --- object type checks -------------------------------------------------------------------------------
+
+def _check_objects(datasets: list[Dataset], kept_paths: list[Path]) -> tuple[str, str]:
+    """Object type checks: every file a CT image with pixel data and a sound image header, all of ONE series,
+    patient, study, Frame of Reference and image size. Returns (SeriesInstanceUID, FrameOfReferenceUID)."""
     for ds, p in zip(datasets, kept_paths):
         sop_class = str(ds.get("SOPClassUID", ""))
         modality = str(ds.get("Modality", ""))
@@ -324,7 +344,13 @@ def _read_series(paths_or_folder, missing_slices: str, nonuniform: str, max_spac
     _check_same(for_uids, "Frame of Reference", sname)
     _check_same(((integer(ds, "Rows", ""), integer(ds, "Columns", "")) for ds in datasets),
                 "image size (Rows x Columns)", sname, lambda v: f"{v[0]}x{v[1]}")
+    return series, for_uids[0]
 
+
+def _frames_and_axes(datasets: list[Dataset], kept_paths: list[Path], sname: str, orientation_tolerance: float
+                     ) -> tuple[list[_Frame], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Every frame of every file (at least 2), all with one orientation and pixel spacing. Returns the frames and
+    the unit LPS axes (row direction, column direction, slice normal = row x column)."""
     frames: list[_Frame] = []
     for i, (ds, p) in enumerate(zip(datasets, kept_paths)):
         frames.extend(_frames_of(ds, i, p.name))
@@ -343,8 +369,14 @@ def _read_series(paths_or_folder, missing_slices: str, nonuniform: str, max_spac
     col = iop0[3:] / np.linalg.norm(iop0[3:])
     normal = np.cross(row, col)
     normal /= np.linalg.norm(normal)
+    return frames, (row, col, normal)
 
-    # --- sort along the normal, duplicates ----------------------------------------------------------------
+
+def _sort_decode_dedupe(frames: list[_Frame], datasets: list[Dataset], normal: np.ndarray, sname: str,
+                        notes: list[str]) -> tuple[list[_Frame], np.ndarray]:
+    """Sort the frames along the normal, decode their pixels to HU (raw pixel data then dropped from the
+    headers) and drop duplicate slices (same position, identical pixels; different pixels raise). Returns the
+    frames and their positions along the normal (mm)."""
     frames.sort(key=lambda f: float(np.dot(f.ipp, normal)))
     # decode pixels now (per dataset once)
     decoded: dict[int, np.ndarray] = {}
@@ -365,7 +397,6 @@ def _read_series(paths_or_folder, missing_slices: str, nonuniform: str, max_spac
         fr.pixels = _hu(raw, fr.slope, fr.intercept, datasets[fr.dataset_index])
     decoded.clear()
     dist = np.array([float(np.dot(f.ipp, normal)) for f in frames])
-    notes: list[str] = []
     keep = [0]
     for k in range(1, len(frames)):
         if abs(dist[k] - dist[keep[-1]]) < 1e-3:
@@ -380,8 +411,13 @@ def _read_series(paths_or_folder, missing_slices: str, nonuniform: str, max_spac
     dist = dist[keep]
     if len(frames) < 2:
         raise DicomInputError(f"series {sname}: all images lie at one position; a 3D CT volume needs at least 2 slices")
+    return frames, dist
 
-    # --- gantry tilt --------------------------------------------------------------------------------------
+
+def _gantry_tilt(frames: list[_Frame], dist: np.ndarray, row: np.ndarray, col: np.ndarray, tilt: str, sname: str,
+                 notes: list[str]) -> tuple[np.ndarray, bool]:
+    """In-plane offsets (mm, along row and column direction) of every slice from the first one, and whether the
+    series is tilted (an offset over 0.01 mm); ``tilt="error"`` refuses a tilted series."""
     ipp0 = frames[0].ipp
     offsets = np.array([[np.dot(f.ipp - ipp0, row), np.dot(f.ipp - ipp0, col)] for f in frames])  # mm in plane
     stack_len = dist[-1] - dist[0]
@@ -392,8 +428,14 @@ def _read_series(paths_or_folder, missing_slices: str, nonuniform: str, max_spac
             raise DicomInputError(f"series {sname}: gantry tilt of {tilt_deg:.1f} degrees (slice positions are not "
                                   "along the slice normal); tilted series are refused by configuration")
         notes.append(f"gantry tilt {tilt_deg:.2f} degrees corrected by in-plane resampling onto an orthogonal grid")
+    return offsets, tilted
 
-    # --- spacing ------------------------------------------------------------------------------------------
+
+def _slice_spacing(frames: list[_Frame], dist: np.ndarray, normal: np.ndarray, missing_slices: str,
+                   nonuniform: str, max_spacing_deviation: float, sname: str, notes: list[str]
+                   ) -> tuple[bool, np.ndarray, float]:
+    """The output slice grid under the missing-slice and non-uniform policies. Returns (uniform: the slices are
+    used as they are, target positions along the normal relative to the first slice (mm), slice spacing (mm))."""
     diffs = np.diff(dist)
     med = float(np.median(diffs))
     gaps = [k for k in range(len(diffs)) if diffs[k] > 1.5 * med]
@@ -412,9 +454,7 @@ def _read_series(paths_or_folder, missing_slices: str, nonuniform: str, max_spac
         notes.append(f"irregular slice spacing ({diffs.min():g}-{diffs.max():g} mm) resampled to {med:g} mm")
     if gaps:
         notes.append(f"{len(gaps)} gap(s) of missing slices filled by linear interpolation")
-
-    rows, cols = frames[0].pixels.shape
-    sp_row, sp_col = frames[0].spacing
+    stack_len = dist[-1] - dist[0]
     if uniform:
         spacing_z = float(stack_len / (len(frames) - 1))
         targets = dist - dist[0]
@@ -422,6 +462,16 @@ def _read_series(paths_or_folder, missing_slices: str, nonuniform: str, max_spac
         n_out = int(round(stack_len / med)) + 1
         spacing_z = float(stack_len / (n_out - 1))
         targets = np.arange(n_out) * spacing_z
+    return uniform, targets, spacing_z
+
+
+def _volume(frames: list[_Frame], dist: np.ndarray, offsets: np.ndarray, tilted: bool, uniform: bool,
+            targets: np.ndarray, spacing_z: float, axes: tuple[np.ndarray, np.ndarray, np.ndarray]) -> sitk.Image:
+    """The float32 HU volume: tilted slices shifted in-plane onto the first slice's grid, non-uniform stacks
+    interpolated linearly to ``targets``; LPS geometry (origin = first slice's IPP, direction = axes)."""
+    row, col, normal = axes
+    rows, cols = frames[0].pixels.shape
+    sp_row, sp_col = frames[0].spacing
     stack = [_shift(f.pixels, -off, (sp_col, sp_row)) if tilted else f.pixels for f, off in zip(frames, offsets)]
     if uniform:
         volume = np.stack(stack)
@@ -434,10 +484,16 @@ def _read_series(paths_or_folder, missing_slices: str, nonuniform: str, max_spac
             volume[j] = (1 - w) * stack[k] + w * stack[k + 1]
     image = sitk.GetImageFromArray(volume.astype(np.float32, copy=False))
     image.SetSpacing((sp_col, sp_row, spacing_z))
-    image.SetOrigin(tuple(float(v) for v in ipp0))
+    image.SetOrigin(tuple(float(v) for v in frames[0].ipp))
     image.SetDirection(direction_tuple(np.column_stack([row, col, normal])))
+    return image
 
-    # --- headers -----------------------------------------------------------------------------------------
+
+def _series_volume(image: sitk.Image, frames: list[_Frame], datasets: list[Dataset], kept_paths: list[Path],
+                   series: str, for_uid: str, dist: np.ndarray, targets: np.ndarray, notes: list[str]
+                   ) -> SeriesVolume:
+    """The :class:`SeriesVolume`: headers (pixel data dropped) of the files in slice order, the source instance of
+    every output slice (the nearest one), patient/study attributes of the first header."""
     order = list(dict.fromkeys(f.dataset_index for f in frames))
     headers = []
     for i in order:
@@ -452,7 +508,7 @@ def _read_series(paths_or_folder, missing_slices: str, nonuniform: str, max_spac
         datasets=headers,
         series_uid=series,
         study_uid=str(first.get("StudyInstanceUID", "")),
-        frame_of_reference_uid=for_uids[0],
+        frame_of_reference_uid=for_uid,
         sop_class_uid=str(first.SOPClassUID),
         sop_instance_uids=[frames[int(np.argmin(np.abs(dist - dist[0] - t)))].sop_uid for t in targets],
         patient={kw: first[kw].value for kw in PATIENT_KEYWORDS if kw in first},
