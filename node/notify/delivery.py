@@ -39,7 +39,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import httpx
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from node.notify.models import DELIVERED, FAILED, PENDING, NotifyDelivery, NotifyEvent, add_node_event
 from node.store.base import utcnow
@@ -49,6 +49,7 @@ SIGNATURE_HEADER, TIMESTAMP_HEADER = "X-TotalReg-Signature", "X-TotalReg-Timesta
 EVENT_HEADER, DELIVERY_HEADER = "X-TotalReg-Event", "X-TotalReg-Delivery"
 MAX_SKEW_S = 300.0  # verify(): a signature older or newer than this is refused (replay)
 BATCH = 50  # events fanned out / deliveries attempted per pass
+KEEP_DAYS = 30.0  # delivered / failed notifications are kept this long (console), then pruned
 
 
 # ------------------------------------------------------------------------------------------------------ signing
@@ -238,11 +239,30 @@ class Notifier:
         self.fan_out()
         return self.deliver_due()
 
+    def prune(self, keep_days: float = KEEP_DAYS) -> int:
+        """Delete events older than ``keep_days`` with no pending delivery (their deliveries go with them);
+        returns how many events. The outbox is a queue, not a record: the audit trail and the events table are."""
+        cutoff = self.clock() - _dt.timedelta(days=keep_days)
+        pending = select(NotifyDelivery.id).where(NotifyDelivery.event_id == NotifyEvent.id,
+                                                  NotifyDelivery.state == PENDING)
+        with self.db.session() as s:
+            ids = list(s.scalars(select(NotifyEvent.id).where(NotifyEvent.at < cutoff, NotifyEvent.fanned_out.is_(True),
+                                                              ~pending.exists()).limit(10_000)))
+            if ids:
+                s.execute(delete(NotifyDelivery).where(NotifyDelivery.event_id.in_(ids)))
+                s.execute(delete(NotifyEvent).where(NotifyEvent.id.in_(ids)))
+        return len(ids)
+
     def run(self, stop: threading.Event) -> None:
-        """Loop until ``stop`` is set (the service's "notify" thread); errors are logged, never fatal."""
+        """Loop until ``stop`` is set (the service's "notify" thread); prunes old events hourly; errors are
+        logged, never fatal."""
+        next_prune = 0.0
         while not stop.is_set():
             try:
                 self.run_once()
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + 3600
+                    self.prune()
             except Exception:  # noqa: BLE001 - a database hiccup must not end the thread
                 log.exception("notification delivery pass failed")
             stop.wait(self.poll_s)

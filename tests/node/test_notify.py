@@ -15,7 +15,7 @@ from node.notify.delivery import (DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADE
                                   Notifier, retry_delivery, verify)
 from node.notify.models import DELIVERED, FAILED, PENDING, NotifyDelivery, NotifyEvent
 from node.store import queue as jobs
-from node.store.db import Database, Study
+from node.store.db import Database, Study, utcnow
 from tools import free_port
 
 SECRET = "webhook-secret-42"
@@ -141,7 +141,7 @@ def test_include_phi_adds_the_patient(tmp_path, ndb):
 
 def test_receiver_down_is_retried_with_backoff_then_delivered_once(tmp_path, ndb):
     port = free_port()
-    now = [dt.datetime(2026, 12, 4, 12, 0, 0)]
+    now = [utcnow()]
     n = Notifier(_cfg(tmp_path, port), ndb, clock=lambda: now[0])
     _job_outcomes(ndb)
     assert n.run_once() == 0  # nobody listens
@@ -177,7 +177,7 @@ def test_receiver_down_is_retried_with_backoff_then_delivered_once(tmp_path, ndb
 def test_error_status_is_retried_then_failed_and_an_admin_retry_delivers(tmp_path, ndb):
     rcv = Receiver(free_port(), status=500)
     try:
-        now = [dt.datetime(2026, 12, 4, 12, 0, 0)]
+        now = [utcnow()]
         n = Notifier(_cfg(tmp_path, rcv.port), ndb, clock=lambda: now[0])
         _job_outcomes(ndb)
         for _ in range(4):  # max_attempts 4: 10, 20, 40 s between them
@@ -192,6 +192,12 @@ def test_error_status_is_retried_then_failed_and_an_admin_retry_delivers(tmp_pat
             assert retry_delivery(s, rows[0].id, now=now[0])
         assert n.run_once() == 1
         assert len(rcv.requests) == 9
+        now[0] += dt.timedelta(days=29)
+        assert n.prune() == 0  # kept 30 days
+        now[0] += dt.timedelta(days=2)
+        assert n.prune() == 2
+        with ndb.session() as s:
+            assert s.scalars(select(NotifyDelivery)).all() == [] and s.scalars(select(NotifyEvent)).all() == []
     finally:
         rcv.close()
 
@@ -248,3 +254,71 @@ def test_unknown_event_name_is_a_config_error(tmp_path):
         parse_config("notifications: [{url: 'http://x/', events: [job.exploded]}]")
     with pytest.raises(ConfigError, match="webhook needs url"):
         parse_config("notifications: [{url: 'ftp://x/'}]")
+
+
+class SmtpRelay:
+    """A minimal SMTP relay on 127.0.0.1:<port> (socketserver in a thread) keeping every message it accepts."""
+
+    def __init__(self, port: int):
+        import socketserver
+        self.messages: list[tuple[str, list[str], bytes]] = []
+        outer = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self):
+                def say(line: str):
+                    self.wfile.write(line.encode() + b"\r\n")
+                say("220 relay ready")
+                sender, rcpt = "", []
+                while True:
+                    line = self.rfile.readline().decode().strip()
+                    cmd = line[:4].upper()
+                    if not line or cmd == "QUIT":
+                        say("221 bye")
+                        return
+                    if cmd in ("EHLO", "HELO"):
+                        say("250 relay")
+                    elif cmd == "MAIL":
+                        sender = line.split(":", 1)[1].strip(" <>")
+                        say("250 ok")
+                    elif cmd == "RCPT":
+                        rcpt.append(line.split(":", 1)[1].strip(" <>"))
+                        say("250 ok")
+                    elif cmd == "DATA":
+                        say("354 go on")
+                        body = b""
+                        while (chunk := self.rfile.readline()) not in (b".\r\n", b""):
+                            body += chunk
+                        outer.messages.append((sender, rcpt, body))
+                        say("250 queued")
+                    else:
+                        say("250 ok")
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_email_target_through_an_smtp_relay(tmp_path, ndb):
+    relay = SmtpRelay(free_port())
+    try:
+        cfg = parse_config(f"""
+node: {{ae_title: TOTALREG, data_dir: {tmp_path / 'var'}}}
+notifications:
+  - {{kind: email, smtp_host: 127.0.0.1, smtp_port: {relay.server.server_address[1]}, mail_from: node@example.org,
+      mail_to: [team@example.org], events: [job.failed]}}
+""")
+        assert cfg.notifications[0].name == "team@example.org"
+        failed, _, _ = _job_outcomes(ndb)
+        assert Notifier(cfg, ndb).run_once() == 1
+        assert len(relay.messages) == 1
+        sender, rcpt, body = relay.messages[0]
+        assert (sender, rcpt) == ("node@example.org", ["team@example.org"])
+        assert f"Subject: [TotalReg TOTALREG] job.failed: job {failed}".encode() in body
+        assert b"the scans do not overlap" in body and PATIENT_ID.encode() not in body
+    finally:
+        relay.close()
