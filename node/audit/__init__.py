@@ -47,6 +47,17 @@ def record(session: Session, action: str, *, actor: str = "", role: str = "", vi
     return row
 
 
+def cli_actor() -> str:
+    """The ``actor`` of a command-line action: the operating-system user running it (``uid:<n>`` when that uid
+    has no name, as in containers with an arbitrary uid). Use with ``via="cli"``."""
+    import getpass
+    import os
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - KeyError/OSError: no passwd entry
+        return f"uid:{os.getuid()}"
+
+
 def patient_ref(key: str | bytes, patient_id: str, issuer: str = "") -> str:
     """A keyed hash naming a patient in the audit log without their ID: the first 24 hex digits of
     HMAC-SHA256(key, issuer + '|' + patient_id); '' for an empty ID. ``key`` is the node's secret (the console's

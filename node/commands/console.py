@@ -45,6 +45,10 @@ def run(args) -> int:
     try:
         with db.session() as s:
             auth.set_password(s, args.user, password)
+        from node import audit
+        with db.session() as s:
+            audit.record(s, "user.password", actor=audit.cli_actor(), via="cli", object_type="user",
+                         object_id=args.user, detail="password set with 'totalreg console passwd'")
     except ValueError as exc:
         raise ConfigError(f"{exc}; nothing was changed") from None
     finally:

@@ -135,3 +135,19 @@ def test_audit_log_is_append_only(any_db):
             with db.engine.begin() as conn:
                 conn.execute(text(sql))
     assert [r.detail for r in _records(db, action="purge")] == ["2 studies"]
+
+
+def test_cli_password_change_is_audited_and_exported(app, node_db, tmp_path, capsys):
+    db, _ = node_db
+    cfg_file = tmp_path / "node.yaml"
+    cfg_file.write_text(f"node: {{data_dir: {tmp_path / 'var'}}}\n")  # the same database as the console's
+    from node.cli import main
+    assert main(["console", "passwd", "admin", "--config", str(cfg_file), "--generate"]) == 0
+    rec = _records(db, action="user.password")
+    assert [(r.via, r.object_type, r.object_id, r.outcome) for r in rec] == [("cli", "user", "admin", "success")]
+    capsys.readouterr()
+    assert main(["audit", "export", "--config", str(cfg_file), "--since", "2000-01-01"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["action"] for x in lines] == ["user.password"] and lines[0]["at"].endswith("Z")
+    assert main(["audit", "export", "--config", str(cfg_file), "--since", "2999-01-01"]) == 0
+    assert capsys.readouterr().out == ""
