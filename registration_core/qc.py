@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .regions import REGIONS, weights_to_rgb
+
 
 def _plane_ref(fixed: sitk.Image, axis: int) -> sitk.Image:
     """A one-voxel-thick reference image: the fixed grid's central plane normal to index ``axis``."""
@@ -45,11 +47,22 @@ def _slice(img: sitk.Image, ref: sitk.Image, transform=None) -> np.ndarray:
     return np.squeeze(sitk.GetArrayFromImage(out))
 
 
+def _region_plane(region_weights: sitk.Image, ref: sitk.Image) -> np.ndarray:
+    """RGB uint8 plane [rows, cols, 3] of soft region weights (vector image, component k = region id k + 1, any
+    grid in LPS mm; 0 outside it) resampled linearly onto the plane ``ref``, in the regions' colours."""
+    w = sitk.Resample(region_weights, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkVectorFloat32)
+    arr = np.squeeze(sitk.GetArrayFromImage(w))  # [rows, cols, K]
+    return weights_to_rgb(np.moveaxis(arr, -1, 0))
+
+
 def write_qc_png(fixed: sitk.Image, moving: sitk.Image, warped: sitk.Image, path, displacement=None,
-                 affine: sitk.Transform | None = None, window=(-1000.0, 600.0), title: str | None = None) -> Path:
+                 affine: sitk.Transform | None = None, window=(-1000.0, 600.0), title: str | None = None,
+                 region_weights: sitk.Image | None = None) -> Path:
     """Write a PNG: rows axial/coronal/sagittal; columns fixed, moving (affine or raw on the fixed planes),
     registered (``warped``, on the fixed grid), checkerboard fixed/registered and, with ``displacement``, its
-    magnitude (mm; minus the affine part when ``affine`` is given). Returns the path (written atomically)."""
+    magnitude (mm; minus the affine part when ``affine`` is given), and with ``region_weights`` (a vector image of
+    the network's K soft region weights, component k = region id k + 1 of :mod:`registration_core.regions`, on any
+    LPS grid) a map of them in the regions' colours. Returns the path (written atomically)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,7 +72,9 @@ def write_qc_png(fixed: sitk.Image, moving: sitk.Image, warped: sitk.Image, path
     cols = ["fixed (current)", "moving (prior, affine)" if affine is not None else "moving (prior, raw)",
             "registered prior", "checkerboard"] + (
         [("|non-affine displacement| mm" if affine is not None else "|displacement| mm")]
-        if displacement is not None else [])
+        if displacement is not None else []) + (["region weights"] if region_weights is not None else [])
+    kinds = ["grey"] * 4 + (["magnitude"] if displacement is not None else []) + (
+        ["rgb"] if region_weights is not None else [])
     fig, axes = plt.subplots(3, len(cols), figsize=(3.2 * len(cols), 9.6), squeeze=False)
     for row, (axis, name) in enumerate(((2, "axial"), (1, "coronal"), (0, "sagittal"))):
         ref = _plane_ref(fixed, axis)
@@ -84,12 +99,21 @@ def write_qc_png(fixed: sitk.Image, moving: sitk.Image, warped: sitk.Image, path
                                                       ref.GetSpacing(), ref.GetDirection())
                 vec = vec - np.squeeze(sitk.GetArrayFromImage(a))
             panels.append(np.linalg.norm(vec, axis=-1))
+        if region_weights is not None:
+            panels.append(_region_plane(region_weights, ref))
         for c, img in enumerate(panels):
             ax = axes[row, c]
             origin = "upper" if axis == 2 else "lower"
-            if c == 4:
+            if kinds[c] == "magnitude":
                 im = ax.imshow(img, cmap="magma", aspect=aspect, origin=origin)
                 fig.colorbar(im, ax=ax, fraction=0.046)
+            elif kinds[c] == "rgb":
+                ax.imshow(img, aspect=aspect, origin=origin, interpolation="nearest")
+                if row == 0:
+                    from matplotlib.patches import Patch  # matplotlib is imported only when a picture is drawn
+
+                    ax.legend(handles=[Patch(color=np.asarray(r.colour) / 255.0, label=r.title) for r in REGIONS],
+                              fontsize=6, loc="lower right")
             else:
                 ax.imshow(img, cmap="gray", vmin=window[0], vmax=window[1], aspect=aspect, origin=origin)
             ax.set_xticks([])
