@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator, ValidationInfo
 
+from node import destinations
 from node.rule_patterns import PatternError, check_pattern
 
 Output = Literal["dsr", "rigid_reg", "registered_series", "subtraction"]
@@ -130,26 +131,21 @@ class PacsConfig(_Strict):
     timeout_s: float = Field(600.0, gt=0)
 
 
-class DestinationConfig(_Strict):
-    """Where results go: a DICOM AE (C-STORE), a DICOMweb server (STOW-RS), Orthanc's REST API, or a folder."""
+class DestinationConfig(BaseModel):
+    """Where results go: a ``name``, a ``kind`` and that kind's options, read as attributes (``dest.url``).
+
+    The kinds and their options are the modules of :mod:`node.destinations`: ``dicom`` (C-STORE: ae_title, host,
+    port), ``dicomweb`` (STOW-RS: url, username, password), ``orthanc`` (REST: url, username, password), ``folder``
+    (path). The kind's own model checks its options (unknown keys refused, defaults filled in)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
 
     name: str
-    kind: Literal["dicom", "dicomweb", "orthanc", "folder"] = "dicom"
-    ae_title: str | None = None
-    host: str | None = None
-    port: int | None = Field(None, ge=1, le=65535)
-    url: str | None = None
-    username: str | None = None
-    password: str | None = None
-    path: Path | None = None
+    kind: str = "dicom"
 
     @model_validator(mode="after")
-    def _kind_fields(self) -> "DestinationConfig":
-        need = {"dicom": ("ae_title", "host", "port"), "dicomweb": ("url",), "orthanc": ("url",),
-                "folder": ("path",)}[self.kind]
-        missing = [k for k in need if getattr(self, k) in (None, "")]
-        if missing:
-            raise ValueError(f"a {self.kind} destination needs {', '.join(missing)}")
+    def _kind_options(self) -> "DestinationConfig":
+        self.__pydantic_extra__ = destinations.validate_options(self.kind, dict(self.__pydantic_extra__ or {}))
         return self
 
 

@@ -83,7 +83,7 @@ def attempt(cfg, db: Database, send_id: int) -> str:
         else:
             try:
                 report = senders.send(dest, files, calling_ae=cfg.node.ae_title)
-                acked = int(getattr(report, "n_acked", len(files)))
+                acked = report.n_acked
             except Exception as exc:  # noqa: BLE001 - SendError and anything unexpected: plain message
                 error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     with db.session() as s:

@@ -143,7 +143,7 @@ def dashboard(request: Request, user: auth.Principal = Depends(page_user), sessi
     ov = queries.overview(session)
     session.rollback()
     d = disk(c.data_dir)
-    peer_rows = [(kind, name, addr, c.peer_checks.get((kind, name))) for kind, name, addr in peers(c.cfg)]
+    peer_rows = [(kind, name, addr, action, c.peer_checks.get((kind, name))) for kind, name, addr, action in peers(c.cfg)]
     return render(request, "dashboard.html", user, nav="dashboard", ov=ov, disk=d, device=compute_device(),
                   peers=peer_rows, min_free_mb=c.cfg.node.min_free_disk_mb,
                   receiver=None if c.receiver_alive is None else bool(c.receiver_alive()),

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from node import destinations
 from node.config import NodeConfig
 from node.net.dimse import DimseError, Peer, echo, status_text
 
@@ -62,12 +63,13 @@ class PeerCheck:
     seconds: float
 
 
-def peers(cfg: NodeConfig) -> list[tuple[str, str, str]]:
-    """(kind, name, address) of every configured PACS and destination; kind 'pacs' or 'destination'."""
-    out = [("pacs", p.name, f"{p.ae_title}@{p.host}:{p.port}") for p in cfg.pacs]
+def peers(cfg: NodeConfig) -> list[tuple[str, str, str, str]]:
+    """(kind, name, address, check button's word) of every configured PACS and destination; kind 'pacs' or
+    'destination'. A destination's address and button come from its kind (:mod:`node.destinations`)."""
+    out = [("pacs", p.name, f"{p.ae_title}@{p.host}:{p.port}", "Echo") for p in cfg.pacs]
     for d in cfg.destinations:
-        addr = {"dicom": f"{d.ae_title}@{d.host}:{d.port}", "folder": str(d.path)}.get(d.kind, d.url or "")
-        out.append(("destination", d.name, f"{d.kind}: {addr}"))
+        kind = destinations.get(d.kind)
+        out.append(("destination", d.name, f"{d.kind}: {kind.address(d)}", kind.check_action))
     return out
 
 
@@ -81,14 +83,7 @@ def check_peer(cfg: NodeConfig, kind: str, name: str, timeout_s: float = 5.0) ->
         ok, msg = _echo(cfg, p.ae_title, p.host, p.port, name, timeout_s)
     else:
         d = cfg.destination(name)
-        if d.kind == "dicom":
-            ok, msg = _echo(cfg, d.ae_title, d.host, d.port, name, timeout_s)
-        elif d.kind == "folder":
-            path = Path(d.path)
-            ok = path.is_dir() and os.access(path, os.W_OK)
-            msg = "folder exists and is writable" if ok else f"folder {path} does not exist or is not writable"
-        else:
-            ok, msg = _http(d.url, d.username, d.password, timeout_s)
+        ok, msg = destinations.get(d.kind).check(d, calling_ae=cfg.node.ae_title, timeout_s=timeout_s)
     return PeerCheck(ok, msg, time.time(), time.monotonic() - t0)
 
 
@@ -98,14 +93,3 @@ def _echo(cfg: NodeConfig, ae_title: str, host: str, port: int, name: str, timeo
     except DimseError as exc:
         return False, str(exc)
     return status == 0, "C-ECHO answered (success)" if status == 0 else f"C-ECHO answered {status_text(status)}"
-
-
-def _http(url: str, username: str | None, password: str | None, timeout_s: float) -> tuple[bool, str]:
-    import httpx
-    try:
-        r = httpx.get(url, timeout=timeout_s, auth=(username, password or "") if username else None)
-    except httpx.HTTPError as exc:
-        return False, f"cannot reach {url}: {exc.__class__.__name__}: {exc}"
-    if r.status_code >= 500 or r.status_code in (401, 403):
-        return False, f"{url} answered HTTP {r.status_code}"
-    return True, f"{url} answered HTTP {r.status_code}"
