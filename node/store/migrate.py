@@ -165,18 +165,48 @@ def upgrade(engine: Engine, target: str = "head") -> tuple[str | None, str]:
     with _upgrade_connection(engine) as conn:
         before = current_revision(conn)  # again, under the lock: another process may have just upgraded
         if before != head:
-            if before is not None and before not in {s.revision for s in _script().walk_revisions()}:
-                raise RuntimeError(f"the database is at schema revision {before}, which this release does not "
-                                   "know (made by a newer release?); not touching it")
-            stamped = before is None and _has_baseline_tables(conn)
-            if stamped:
-                _run(conn, lambda rev, _ctx: _script()._stamp_revs((BASELINE,), rev), BASELINE)
-            _run(conn, lambda rev, _ctx: _script()._upgrade_revs(target, rev), target)
+            sqlite_new = (conn.dialect.name == "sqlite" and before is None and target == "head"
+                          and not inspect(conn).get_table_names())
+            if sqlite_new and head in _SQLITE_SCHEMA:
+                _replay_sqlite_schema(conn, head)
+            else:
+                _check_known(before)
+                stamped = before is None and _has_baseline_tables(conn)
+                if stamped:
+                    _run(conn, lambda rev, _ctx: _script()._stamp_revs((BASELINE,), rev), BASELINE)
+                _run(conn, lambda rev, _ctx: _script()._upgrade_revs(target, rev), target)
+                if sqlite_new:
+                    _capture_sqlite_schema(conn, head)
         after = current_revision(conn)
         if after != before:
             log.info("database schema upgraded: %s -> %s",
                      before or (f"pre-migration, stamped {BASELINE}" if stamped else "empty"), after)
     return before, after
+
+
+def _check_known(revision: str | None) -> None:
+    if revision is not None and revision not in {s.revision for s in _script().walk_revisions()}:
+        raise RuntimeError(f"the database is at schema revision {revision}, which this release does not "
+                           "know (made by a newer release?); not touching it")
+
+
+#: head revision -> the DDL (sqlite_master.sql, in creation order) of a new SQLite database the migrations made in
+#: this process; later new SQLite databases get the same statements replayed (tests make hundreds of databases)
+_SQLITE_SCHEMA: dict[str, tuple[str, ...]] = {}
+
+
+def _capture_sqlite_schema(conn: Connection, head: str) -> None:
+    rows = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL "
+                                "AND name NOT LIKE 'sqlite^_%' ESCAPE '^' ORDER BY rowid").fetchall()
+    _SQLITE_SCHEMA[head] = tuple(r[0] for r in rows)
+
+
+def _replay_sqlite_schema(conn: Connection, head: str) -> None:
+    """Make a new SQLite database's schema from the statements the migrations produced earlier in this process
+    (the same sqlite_master, checked by tests/node/test_migrations.py), then record ``head``."""
+    for stmt in _SQLITE_SCHEMA[head]:
+        conn.exec_driver_sql(stmt)
+    conn.exec_driver_sql("INSERT INTO alembic_version (version_num) VALUES (?)", (head,))
 
 
 def _run(conn: Connection, fn, destination: str) -> None:

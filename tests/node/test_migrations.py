@@ -193,12 +193,33 @@ def test_models_and_migrations_agree(fresh_url):
     """A database upgraded to head has exactly the models' schema (every schema change ships its migration)."""
     from node.store import migrate
     from node.store.db import Database
+    migrate._SQLITE_SCHEMA.clear()  # run the migrations themselves, not this process's replay of them
     db = Database(fresh_url)
     db.dispose()
     assert _version_rows(fresh_url) == [migrate.head_revision()]
     diff = _schema_diff(fresh_url)
     assert diff == [], ("the models differ from the migrations; write the migration "
                         f"(`totalreg db revision -m \"...\"`, see docs/CONTRACTS.md): {diff}")
+
+
+def test_replayed_sqlite_schema_is_the_migrated_one(tmp_path):
+    """A new SQLite database made by replaying the DDL captured from the migrations' run (the fast path for the
+    second and later databases of a process) has exactly the migrated sqlite_master: tables, indexes, triggers."""
+    import sqlite3
+    from node.store import migrate
+    from node.store.db import Database
+    migrate._SQLITE_SCHEMA.clear()
+    Database(f"sqlite:///{tmp_path / 'migrated.db'}").dispose()
+    head = migrate.head_revision()
+    assert head in migrate._SQLITE_SCHEMA
+    Database(f"sqlite:///{tmp_path / 'replayed.db'}").dispose()
+
+    def master(name):
+        with sqlite3.connect(tmp_path / name) as c:
+            return sorted(c.execute("SELECT type, name, tbl_name, sql FROM sqlite_master"), key=str)
+    assert master("migrated.db") == master("replayed.db")
+    assert len([r for r in master("replayed.db") if r[0] == "table"]) >= len(migrate.BASELINE_TABLES) + 1
+    assert _version_rows(f"sqlite:///{tmp_path / 'replayed.db'}") == [head]
 
 
 def test_schema_check_finds_a_column_without_migration(tmp_path):
