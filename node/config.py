@@ -120,15 +120,48 @@ class CompletionSettings(_Strict):
 
 
 class PacsConfig(_Strict):
-    """A PACS the node queries for priors (C-FIND, study root) and retrieves from (C-MOVE to the node, or C-GET)."""
+    """A PACS the node queries for priors: ``kind: dimse`` (C-FIND, study root; C-MOVE to the node, or C-GET) or
+    ``kind: dicomweb`` (QIDO-RS, then WADO-RS of the chosen series; :mod:`node.priors.dicomweb`)."""
 
     name: str
-    ae_title: str
-    host: str
-    port: int = Field(ge=1, le=65535)
+    kind: Literal["dimse", "dicomweb"] = "dimse"
+    ae_title: str | None = None  # dimse
+    host: str | None = None  # dimse
+    port: int | None = Field(None, ge=1, le=65535)  # dimse
     retrieve: Literal["move", "get"] = "move"
     move_destination: str | None = None  # AE title the PACS knows the node by; default: node.ae_title
-    timeout_s: float = Field(600.0, gt=0)
+    timeout_s: float = Field(600.0, gt=0)  # dimse: one retrieve; dicomweb: one WADO-RS series retrieve
+    # dicomweb: the service root (QIDO/WADO/STOW below it, e.g. https://pacs.example.org/dicom-web)
+    url: str | None = None
+    auth: Literal["none", "basic", "bearer"] = "none"
+    username: str | None = None  # auth: basic
+    password: str | None = None  # auth: basic
+    token: str | None = None  # auth: bearer
+    client_cert: Path | None = None  # mTLS: the node's certificate (PEM) ...
+    client_key: Path | None = None  # ... and its key (PEM)
+    ca_file: Path | None = None  # the CA bundle that signed the archive's certificate (default: the system's)
+    connect_timeout_s: float = Field(10.0, gt=0, le=600)
+    read_timeout_s: float = Field(60.0, gt=0, le=3600)  # longest wait for the next bytes of one answer
+    retries: int = Field(2, ge=0, le=10)  # further attempts after a connection error, timeout, 429 or 5xx
+    retry_backoff_s: float = Field(1.0, ge=0, le=300)  # doubled after each attempt
+    page_size: int = Field(100, ge=1, le=10000)  # QIDO-RS limit per request; further pages by offset
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> "PacsConfig":
+        need = {"dimse": ("ae_title", "host", "port"), "dicomweb": ("url",)}[self.kind]
+        missing = [k for k in need if getattr(self, k) in (None, "")]
+        if missing:
+            raise ValueError(f"a {self.kind} PACS needs {', '.join(missing)}")
+        if self.kind == "dicomweb":
+            if not str(self.url).startswith(("http://", "https://")):
+                raise ValueError("a dicomweb PACS url starts with http:// or https://")
+            if self.auth == "basic" and not (self.username and self.password is not None):
+                raise ValueError("auth: basic needs username and password")
+            if self.auth == "bearer" and not self.token:
+                raise ValueError("auth: bearer needs token")
+            if (self.client_cert is None) != (self.client_key is None):
+                raise ValueError("mTLS needs both client_cert and client_key")
+        return self
 
 
 class DestinationConfig(BaseModel):
@@ -272,6 +305,15 @@ class WebSettings(_Strict):
     login_max_failures: int = Field(5, ge=1, le=1000)
     login_max_failures_per_address: int = Field(20, ge=1, le=10000)
     login_window_s: float = Field(300.0, gt=0, le=86400)
+    stow: "StowSettings" = Field(default_factory=lambda: StowSettings())  # STOW-RS in (node.web.stow)
+
+
+class StowSettings(_Strict):
+    """STOW-RS into the node (``POST /dicom-web/studies`` on the console's port, API tokens of role 'sender')."""
+
+    enabled: bool = True
+    max_part_bytes: int = Field(512 * 1024 ** 2, ge=1024 * 1024)  # one instance (held in memory while stored)
+    max_request_bytes: int = Field(8 * 1024 ** 3, ge=1024 * 1024)  # one request's body (streamed)
 
 
 class LoggingSettings(_Strict):

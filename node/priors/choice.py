@@ -236,7 +236,7 @@ def _retrieve_from(cfg: NodeConfig, pacs: PacsConfig, chosen: list[StudySummary]
             got.append(st)
             series_of[st.study_uid] = series_uid
             continue
-        how = "C-GET" if pacs.retrieve == "get" else "C-MOVE"
+        how = "WADO-RS" if pacs.kind == "dicomweb" else "C-GET" if pacs.retrieve == "get" else "C-MOVE"
         try:
             res = retrieve_series(cfg, pacs, st.study_uid, series_uid, sink)
         except dimse.DimseError as exc:

@@ -12,6 +12,7 @@ from pydicom.dataset import Dataset
 
 from node.config import NodeConfig, PacsConfig
 from node.net import dimse
+from node.priors import dicomweb
 from node.store.header import parse_is, series_summary_of, study_summary_of, summary_from_files
 from node.store.study import SeriesSummary, StudySummary
 
@@ -67,7 +68,10 @@ def _peer(pacs: PacsConfig) -> dimse.Peer:
 
 
 def query_pacs_studies(cfg: NodeConfig, pacs: PacsConfig, current: StudySummary) -> list[StudySummary]:
-    """Study Root C-FIND (STUDY level) on ``pacs`` for the current patient's studies; raises DimseError."""
+    """Study Root C-FIND (STUDY level) on ``pacs`` for the current patient's studies (QIDO-RS for
+    ``kind: dicomweb``, :mod:`node.priors.dicomweb`); raises DimseError."""
+    if pacs.kind == "dicomweb":
+        return dicomweb.query_studies(cfg, pacs, current)
     q = Dataset()
     q.QueryRetrieveLevel = "STUDY"
     q.PatientID = current.patient.patient_id
@@ -92,7 +96,9 @@ def query_pacs_studies(cfg: NodeConfig, pacs: PacsConfig, current: StudySummary)
 
 
 def query_pacs_series(cfg: NodeConfig, pacs: PacsConfig, study: StudySummary) -> list[SeriesSummary]:
-    """Series-level C-FIND of one study on ``pacs``; raises DimseError."""
+    """Series-level C-FIND of one study on ``pacs`` (QIDO-RS for ``kind: dicomweb``); raises DimseError."""
+    if pacs.kind == "dicomweb":
+        return dicomweb.query_series(cfg, pacs, study)
     q = Dataset()
     q.QueryRetrieveLevel = "SERIES"
     q.StudyInstanceUID = study.study_uid
@@ -109,7 +115,10 @@ def query_pacs_series(cfg: NodeConfig, pacs: PacsConfig, study: StudySummary) ->
 
 def retrieve_series(cfg: NodeConfig, pacs: PacsConfig, study_uid: str, series_uid: str,
                     sink: RetrieveSink) -> dimse.RetrieveResult:
-    """Retrieve one series from ``pacs`` (C-MOVE to the node, or C-GET into ``sink``); raises DimseError."""
+    """Retrieve one series from ``pacs`` (C-MOVE to the node, or C-GET into ``sink``; WADO-RS into ``sink`` for
+    ``kind: dicomweb``); raises DimseError."""
+    if pacs.kind == "dicomweb":
+        return dicomweb.retrieve_series(cfg, pacs, study_uid, series_uid, sink)
     sink.expect(study_uid)
     peer = _peer(pacs)
     if pacs.retrieve == "get":
@@ -119,6 +128,9 @@ def retrieve_series(cfg: NodeConfig, pacs: PacsConfig, study_uid: str, series_ui
 
 
 def dimse_reason(pacs: PacsConfig, exc: dimse.DimseError, step: str, move_dest: str = "") -> str:
+    """The job's plain words for a failed ``step``; a DICOMweb failure's own message names the service and PACS."""
+    if pacs.kind == "dicomweb":
+        return str(exc)
     if exc.kind in ("unreachable", "rejected"):
         return f"PACS '{pacs.name}' unreachable for {step}: {exc}"
     if exc.kind == "timeout":

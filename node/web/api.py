@@ -57,7 +57,7 @@ class TokenIn(BaseModel):
     """A new API token: what uses it, and its role."""
 
     name: str
-    role: Literal["admin", "viewer"] = "viewer"
+    role: Literal["admin", "viewer", "sender"] = "viewer"  # sender: STOW-RS only
 
 
 class PasswordIn(BaseModel):

@@ -24,6 +24,7 @@ from node.ops import metrics
 from node.config import NodeConfig
 
 from . import api, auth, pages, queries, viewer
+from . import stow
 
 from node.store import console as models
 from .deps import Context, LoginRequired
@@ -100,6 +101,7 @@ def create_app(cfg: NodeConfig, session_factory, *, data_dir: str | Path | None 
     app.include_router(viewer.router)
     from node.audit import web as audit_web  # /audit, /notifications and the audit middleware
     audit_web.install(app, cfg, new_session, data_dir)
+    app.include_router(stow.router)  # STOW-RS in (POST /dicom-web/studies): sender tokens, streamed size limits
 
     @app.middleware("http")
     async def _headers(request: Request, call_next):
@@ -178,6 +180,7 @@ def create_app(cfg: NodeConfig, session_factory, *, data_dir: str | Path | None 
 #: few hundred bytes; everything else (rule documents, JSON) stays far below the general limit
 SMALL_FORM_PATHS, SMALL_FORM_BYTES, BODY_BYTES = ("/login", "/account/password", "/api/account/password"), \
     64 * 1024, 4 * 1024 * 1024
+STOW_PREFIX = "/dicom-web/"
 
 
 class BodyLimit:
@@ -190,8 +193,8 @@ class BodyLimit:
 
     async def __call__(self, scope, receive, send):
         """Pass the request on, or answer 413 when its body is too large."""
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+        if scope["type"] != "http" or scope["path"].startswith(STOW_PREFIX):
+            await self.app(scope, receive, send)  # STOW-RS streams its body under web.stow limits (node.web.stow)
             return
         limit = SMALL_FORM_BYTES if scope["path"] in SMALL_FORM_PATHS else BODY_BYTES
         length = dict(scope.get("headers") or []).get(b"content-length")
@@ -234,7 +237,7 @@ class BodyLimit:
 
 
 def _wants_json(request: Request) -> bool:
-    return request.url.path.startswith("/api/") or "application/json" in request.headers.get("accept", "") and \
+    return request.url.path.startswith(("/api/", STOW_PREFIX)) or "application/json" in request.headers.get("accept", "") and \
         "text/html" not in request.headers.get("accept", "")
 
 

@@ -1,4 +1,4 @@
-"""Console users, API tokens and the request checks built on them (roles 'admin' and 'viewer').
+"""Console users, API tokens and the request checks built on them (roles 'admin', 'viewer'; 'sender' tokens).
 
 * Console: a server-side session (:mod:`node.web.sessions`, table ``console_sessions``); the cookie holds only a
   random token. The user's role is read from ``console_users`` on every request, so a demoted, deactivated or
@@ -6,6 +6,8 @@
   token in a hidden ``csrf_token`` field and is refused without it.
 * REST API: ``Authorization: Bearer trn_...`` with a token an admin created (stored as SHA-256). A browser session
   may call the API too; its unsafe methods then need the ``X-CSRF-Token`` header.
+* sender (API tokens only): may store instances by STOW-RS (:mod:`node.web.stow`) and nothing else — no page, no
+  other API call.
 * viewer: read-only. admin: edit rules, retry / cancel / re-send jobs, manage users and tokens. Every user may change
   their own password (the old one is required).
 * Sign-in throttle (:class:`LoginThrottle`): per client — address + user name, and address alone — so a stranger's
@@ -32,7 +34,8 @@ from . import security
 from node.store.console import ApiToken, ConsoleSession, ConsoleUser
 
 log = logging.getLogger(__name__)
-ROLES = ("admin", "viewer")
+ROLES = ("admin", "viewer")  # console users
+TOKEN_ROLES = ("admin", "viewer", "sender")  # API tokens: 'sender' may only STOW-RS (node.web.stow)
 MAX_USERNAME_CHARS = 64  # console_users.username
 MAX_PASSWORD_CHARS = 1024
 # request.scope keys shared with node.web.sessions (the session middleware)
@@ -89,8 +92,8 @@ def authenticate(session: Session, username: str, password: str) -> ConsoleUser 
 
 def create_token(session: Session, name: str, role: str, created_by: str) -> tuple[ApiToken, str]:
     """Create an API token (commits); returns (row, the token text — shown once, never stored)."""
-    if role not in ROLES:
-        raise ValueError(f"unknown role '{role}' (admin or viewer)")
+    if role not in TOKEN_ROLES:
+        raise ValueError(f"unknown role '{role}' (admin, viewer or sender)")
     if not name.strip():
         raise ValueError("give the token a name (what uses it)")
     token = security.new_api_token()

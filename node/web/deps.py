@@ -81,6 +81,8 @@ def api_user(request: Request, session: Session = Depends(db)) -> auth.Principal
         p = auth.token_principal(session, header[7:].strip())
         if p is None:
             raise HTTPException(401, "unknown or revoked API token", headers={"WWW-Authenticate": "Bearer"})
+        if p.role == "sender":
+            raise HTTPException(403, "a sender token may only store instances (STOW-RS, POST /dicom-web/studies)")
         return p
     p = auth.session_principal(request)
     if p is None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from node import destinations
 from node.config import NodeConfig
+from node.priors import dicomweb
 from node.net.dimse import DimseError, Peer, echo, status_text
 
 
@@ -66,7 +67,8 @@ class PeerCheck:
 def peers(cfg: NodeConfig) -> list[tuple[str, str, str, str]]:
     """(kind, name, address, check button's word) of every configured PACS and destination; kind 'pacs' or
     'destination'. A destination's address and button come from its kind (:mod:`node.destinations`)."""
-    out = [("pacs", p.name, f"{p.ae_title}@{p.host}:{p.port}", "Echo") for p in cfg.pacs]
+    out = [("pacs", p.name, f"dicomweb: {p.url}" if p.kind == "dicomweb" else f"{p.ae_title}@{p.host}:{p.port}",
+            "Check" if p.kind == "dicomweb" else "Echo") for p in cfg.pacs]
     for d in cfg.destinations:
         kind = destinations.get(d.kind)
         out.append(("destination", d.name, f"{d.kind}: {kind.address(d)}", kind.check_action))
@@ -80,7 +82,10 @@ def check_peer(cfg: NodeConfig, kind: str, name: str, timeout_s: float = 5.0) ->
         p = next((p for p in cfg.pacs if p.name == name), None)
         if p is None:
             raise KeyError(name)
-        ok, msg = _echo(cfg, p.ae_title, p.host, p.port, name, timeout_s)
+        if p.kind == "dicomweb":
+            ok, msg = dicomweb.check(p, timeout_s)
+        else:
+            ok, msg = _echo(cfg, p.ae_title, p.host, p.port, name, timeout_s)
     else:
         d = cfg.destination(name)
         ok, msg = destinations.get(d.kind).check(d, calling_ae=cfg.node.ae_title, timeout_s=timeout_s)

@@ -25,6 +25,7 @@ from node.ops import metrics
 from node.priors.choice import PriorDecision, find_priors
 from node.receive.index import expect_retrieved_study
 from node.receive.ingest import STATUS_OK, ingest
+from node.receive.part10_in import ingest_part10
 from node.receive.spool import Spool
 from node.route.rules_store import effective_config
 from node.store import queue as jobs
@@ -121,6 +122,12 @@ class SpoolSink:
         status, msg = ingest(self.db, self.spool, buf.getvalue(), calling_ae="C-GET")
         if status != STATUS_OK:
             raise OSError(f"retrieved instance not stored: {msg}")
+
+    def store_part10(self, data: bytes) -> None:
+        """Store one WADO-RS instance (Part 10 bytes as sent) by the C-STORE path (raises OSError when it cannot)."""
+        res = ingest_part10(self.db, self.spool, self.cfg, data, calling_ae="WADO-RS")
+        if not res.ok:
+            raise OSError(f"retrieved instance not stored: {res.message}")
 
     def summary(self, study_uid: str) -> StudySummary | None:
         """The retrieved study as now held in the spool."""

@@ -116,6 +116,19 @@ def _check_results_in_orthanc(orthanc: OrthancServer, study_uid: str, patient_id
     assert not errors, out[-3000:]
 
 
+def registered_and_delivered(orthanc: OrthancServer, cfg, node, data: dict, patient_id: str, tmp: Path) -> dict:
+    """Wait for the current study's job: registered with the expected prior, sent, and the results in the current
+    study in Orthanc passing dciodvfy (:func:`_check_results_in_orthanc`); returns wait_for_delivery's dict."""
+    result = wait_for_delivery(cfg.node.database_url(), data["current_uid"], JOB_TIMEOUT_S, proc=node.proc,
+                               log_path=node.log_path)
+    assert (result["state"], result["outcome"]) == ("done", "registered"), (result, node.log()[-3000:])
+    assert [s["state"] for s in result["sends"]] == ["done"], result["sends"]
+    jobs, _ = _jobs(cfg, data["current_uid"])
+    assert jobs[0].prior_study_uid == data["prior_uid"]
+    _check_results_in_orthanc(orthanc, data["current_uid"], patient_id, data["prior_uid"], tmp)
+    return result
+
+
 def _quiet_to_results_s(cfg, study_uid: str) -> float:
     """Seconds from the end of the study's quiet period to the last acknowledged send (from the node database)."""
     from node.store.db import Study
@@ -153,13 +166,7 @@ def test_e2e_prior_moved_from_orthanc_results_in_current_study(orthanc, node_con
     orthanc.add_modality("totalreg", cfg.node.ae_title, "127.0.0.1", cfg.node.port)
     node = node_proc(path)
     _storescu(node.port, data["current"])
-    result = wait_for_delivery(cfg.node.database_url(), data["current_uid"], JOB_TIMEOUT_S, proc=node.proc,
-                               log_path=node.log_path)
-    assert (result["state"], result["outcome"]) == ("done", "registered"), (result, node.log()[-3000:])
-    assert [s["state"] for s in result["sends"]] == ["done"], result["sends"]
-    jobs, _ = _jobs(cfg, data["current_uid"])
-    assert jobs[0].prior_study_uid == data["prior_uid"]
-    _check_results_in_orthanc(orthanc, data["current_uid"], "E2E-1", data["prior_uid"], tmp_path)
+    result = registered_and_delivered(orthanc, cfg, node, data, "E2E-1", tmp_path)
     seconds = _quiet_to_results_s(cfg, data["current_uid"])
     with capsys.disabled():
         print(f"\n[e2e] end of quiet period -> results in Orthanc: {seconds:.1f} s "
