@@ -102,6 +102,18 @@ def test_api_and_viewer_data_access_is_audited(app, tokens, node_db):
                    ("job.qc_image", "token:test-viewer", str(ids["done"]), "success"),
                    ("job.view", "token:test-viewer", "999999", "not_found"),
                    ("job.view", "", str(ids["done"]), "denied")]
+    # the viewer's data endpoints (node/web/viewer.py), whatever they answer for this job without DICOM results
+    with TestClient(app) as c:
+        from conftest import VIEWER_PASSWORD, login
+        from node.web.auth import create_user
+        with db.session() as s:
+            create_user(s, "vic", VIEWER_PASSWORD, "viewer")
+        assert login(c, "vic", VIEWER_PASSWORD).status_code == 303
+        st1 = c.get(f"/jobs/{ids['done']}/viewer.json").status_code
+        st2 = c.get(f"/jobs/{ids['done']}/viewer/current.nii.gz").status_code
+    got = [(x.action, x.object_id, x.status, x.detail) for x in reversed(_records(db, actor="vic", action="job."))]
+    assert got == [("job.viewer", str(ids["done"]), st1, ""),
+                   ("job.viewer_data", str(ids["done"]), st2, "volume current")]
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
