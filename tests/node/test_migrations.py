@@ -298,3 +298,31 @@ def test_newer_database_is_refused_and_sql_is_printed(tmp_path):
     r = _totalreg("db", "upgrade", "--url", url)
     assert r.returncode == 2 and "9999_from_the_future" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert _version_rows(url) == ["9999_from_the_future"]
+
+
+def test_sqlite_batch_alter_of_a_parent_table_keeps_child_rows(tmp_path):
+    """SQLite batch mode copies a table and drops the old one; with foreign keys on, that drop would cascade into
+    sends and job_runs. Inside the upgrade's connection (foreign keys off) the children survive."""
+    from alembic.operations import Operations
+    from alembic.runtime.migration import MigrationContext
+    from node.store import migrate
+    from node.store.db import make_engine
+
+    def batch_alter_jobs(path: Path, upgrade_connection: bool) -> tuple[int, int]:
+        engine = make_engine(f"sqlite:///{path}")
+        ctx_mgr = migrate._upgrade_connection(engine) if upgrade_connection else engine.begin()
+        with ctx_mgr as conn:
+            op = Operations(MigrationContext.configure(conn, opts={"render_as_batch": True}))
+            with op.batch_alter_table("jobs", recreate="always") as b:
+                b.add_column(sa.Column("retention_class", sa.String(16), nullable=True))
+        with engine.connect() as c:
+            counts = (c.exec_driver_sql("SELECT count(*) FROM sends").scalar(),
+                      c.exec_driver_sql("SELECT count(*) FROM job_runs").scalar())
+            c.rollback()
+        engine.dispose()
+        return counts
+
+    for name in ("plain.db", "upgrade.db"):
+        (tmp_path / name).write_bytes((RELEASE / "node-7f8eae7.sqlite").read_bytes())
+    assert batch_alter_jobs(tmp_path / "plain.db", upgrade_connection=False) == (0, 0)  # the hazard is real
+    assert batch_alter_jobs(tmp_path / "upgrade.db", upgrade_connection=True) == (2, 1)
