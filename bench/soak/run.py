@@ -2,7 +2,7 @@
 a rate that would fill the limit ``--fills`` (3) times over; retention keeps it under its high watermark.
 
 What runs: ``totalreg serve`` (SQLite, fsync on, 1 receiver process, 2 workers (bulk jobs need not wait behind a registration), folder destination) with
-``retention: {max_bytes: 2 GB, high_watermark: 90%, low_watermark: 70%, tick_s: 5}`` and two rules:
+``retention: {max_bytes: 2 GB, high_watermark: 90%, low_watermark: 70%, tick_s: 2}`` and two rules:
 
 * ``bulk``: series described ``SOAK BULK`` — 40 slices of 512x512 int16 (~21 MB per study), one new patient per
   study, so the job ends ``no_prior`` at once (no registration: 2 shared CPU cores cannot register 6 GB in 30 min);
@@ -161,7 +161,7 @@ retention:
   max_bytes: {max_bytes}
   high_watermark: "90%"
   low_watermark: "70%"
-  tick_s: 5
+  tick_s: 2
 web: {{enabled: false}}
 logging: {{level: WARNING}}
 """
@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
 cwd=ROOT, capture_output=True, text=True).stdout.strip()}.
 
 Node: `totalreg serve`, SQLite, fsync on, 1 receiver process, 2 workers; `retention: {{max_bytes: {args.max_bytes},
-high_watermark: 90%, low_watermark: 70%, tick_s: 5}}` (no age limits: the watermarks do all the work). Bulk studies
+high_watermark: 90%, low_watermark: 70%, tick_s: 2}}` (no age limits: the watermarks do all the work). Bulk studies
 (40 x 512x512 int16, {study_bytes / 1e6:.1f} MB, a new patient each) route to a rule whose jobs end `no_prior` at once
 — registering {sent_bytes / GB:.1f} GB on 2 shared cores in {args.minutes:g} min is not possible — and every
 {args.pair_every}th study is followed by a tiny prior + current pair (30x25x20 voxels, 8 mm) that is registered on the

@@ -1,8 +1,8 @@
 """The periodic purge of ``totalreg serve`` and the status file the console's dashboard reads.
 
 Every ``retention.tick_s`` seconds: one :func:`node.retention.purge.purge` (index queries + the results size cache,
-no spool walk) with the largest growth of the last passes as headroom (so the usage stays under the high mark until
-the next pass), then a usage sample. ``<data_dir>/retention/status.json`` (written atomically) holds the latest
+no spool walk) with twice the largest growth between the last passes as headroom (so the usage stays under the high
+mark until the next pass, even a late one), then a usage sample. ``<data_dir>/retention/status.json`` (written atomically) holds the latest
 usage, the last samples (the trend), the time of the next purge and what the last purges did; the console reads it
 with :func:`read_status`. Sizes are bytes, times ISO 8601 UTC.
 """
@@ -57,7 +57,7 @@ class Retention:
 
     def tick(self) -> None:
         """One purge pass, then a usage sample and the status file."""
-        headroom = max(self.growth) if self.growth else 0
+        headroom = 2 * max(self.growth) if self.growth else 0  # twice the largest recent growth: a late pass
         res = purge(self.db, self.cfg, sizes=self.sizes, headroom=headroom)
         now = utcnow()
         if res.plan.usage is not None and self.last_used is not None:  # bytes that arrived since the last pass
