@@ -76,6 +76,19 @@ def outcome_of(status: int, location: str, path: str) -> str:
     return audit.ERROR
 
 
+class _Scope(dict):
+    """An ASGI scope that keeps the last principal the session middleware put in it (``principal``), so that a
+    sign-out, which removes it, is still recorded with the user who signed out."""
+
+    principal = None
+
+    def __setitem__(self, key, value):
+        from node.web.auth import PRINCIPAL_KEY
+        if key == PRINCIPAL_KEY and value is not None:
+            self.principal = value
+        super().__setitem__(key, value)
+
+
 class AuditMiddleware:
     """ASGI middleware writing one audit record per audited request (see module docstring).
 
@@ -95,6 +108,7 @@ class AuditMiddleware:
             await self.app(scope, receive, send)
             return
         seen: dict = {"status": 500, "location": ""}
+        scope = _Scope(scope)  # remembers the principal even when sign-out removes it from the scope
 
         async def send_wrapper(message):
             if message["type"] == "http.response.start":
@@ -104,18 +118,28 @@ class AuditMiddleware:
                         seen["location"] = v.decode("latin-1")
             await send(message)
 
+        body = bytearray()
+        inner_receive = receive
+        if what[0] == "auth.login":  # keep the (small) sign-in form: a refused sign-in names the user name tried
+
+            async def inner_receive():
+                message = await receive()
+                if message.get("type") == "http.request" and len(body) < 65536:
+                    body.extend(message.get("body", b"")[:65536 - len(body)])
+                return message
+
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, inner_receive, send_wrapper)
         finally:
             try:
-                await to_thread.run_sync(self._record, scope, what, seen["status"], seen["location"])
+                await to_thread.run_sync(self._record, scope, what, seen["status"], seen["location"], bytes(body))
             except Exception:  # noqa: BLE001 - an audit hiccup must not turn a served request into an error
                 log.exception("audit: could not record %s %s", scope["method"], scope["path"])
 
-    def _record(self, scope, what, status: int, location: str) -> None:
+    def _record(self, scope, what, status: int, location: str, body: bytes = b"") -> None:
         from node.web import auth, security
         action, object_type, object_id, extra = what
-        p = scope.get(auth.PRINCIPAL_KEY)
+        p = scope.get(auth.PRINCIPAL_KEY) or getattr(scope, "principal", None)
         headers = dict(scope.get("headers") or [])
         bearer = headers.get(b"authorization", b"").decode("latin-1")
         client = scope.get("client")
@@ -133,7 +157,9 @@ class AuditMiddleware:
                 object_id = str(s.scalar(select(func.max(RuleVersion.version))) or "")
                 detail = f"routing rules saved as version {object_id}"
             elif action == "auth.login" and outcome != audit.SUCCESS:
-                detail = "sign-in refused"
+                from urllib.parse import parse_qs
+                tried = parse_qs(body.decode("utf-8", "replace")).get("username", [""])[0][:64]
+                detail = f"sign-in refused for user name {tried!r}"
             audit.record(s, action, actor=actor, role=role, via=via, address=client[0] if client else "",
                          object_type=object_type, object_id=object_id, patient_ref=ref, outcome=outcome,
                          status=status, method=scope["method"], path=scope["path"], detail=detail)

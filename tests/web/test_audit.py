@@ -163,3 +163,16 @@ def test_cli_password_change_is_audited_and_exported(app, node_db, tmp_path, cap
     assert [x["action"] for x in lines] == ["user.password"] and lines[0]["at"].endswith("Z")
     assert main(["audit", "export", "--config", str(cfg_file), "--since", "2999-01-01"]) == 0
     assert capsys.readouterr().out == ""
+
+
+def test_sign_in_and_out_are_audited_with_the_user(app, node_db):
+    from conftest import ADMIN_PASSWORD, login
+    db, _ = node_db
+    with TestClient(app) as c:
+        assert login(c, "admin", "wrong-password").status_code == 401
+        assert login(c, "admin", ADMIN_PASSWORD).status_code == 303
+        assert c.post("/logout", data={"csrf_token": csrf_of(c.get("/").text)}, follow_redirects=False).status_code == 303
+    got = [(x.action, x.actor, x.outcome) for x in reversed(_records(db, action="auth."))]
+    assert got == [("auth.login", "", "denied"), ("auth.login", "admin", "success"), ("auth.logout", "admin", "success")]
+    assert [x.detail for x in _records(db, action="auth.login") if x.outcome == "denied"] == \
+        ["sign-in refused for user name 'admin'"]
