@@ -322,3 +322,35 @@ notifications:
         assert b"the scans do not overlap" in body and PATIENT_ID.encode() not in body
     finally:
         relay.close()
+
+
+def test_every_outcome_gives_its_event_once(ndb):
+    """registered, no_prior, dead (retries used up; lease expired), failed; a retry or a cancel gives none."""
+    from node.config import RetrySettings
+    with ndb.session() as s:
+        ids = [jobs.enqueue(s, study_uid=STUDY, current_series_uid=f"1.2.4.{i}", rule_name="r", max_attempts=1)[0].id
+               for i in range(5)]
+    with ndb.session() as s:
+        jobs.enqueue(s, study_uid=STUDY, current_series_uid="1.2.4.9", rule_name="r", max_attempts=2)
+
+    def next_claim():
+        with ndb.session() as s:
+            return jobs.claim(s, "w", lease_s=60)
+    with ndb.session() as s:
+        jobs.complete(s, next_claim(), outcome="registered")
+    with ndb.session() as s:
+        jobs.complete(s, next_claim(), outcome="no_prior", reason="no earlier CT")
+    with ndb.session() as s:
+        jobs.fail(s, next_claim(), "PACS down", retryable=True, backoff=RetrySettings(backoff_s=0))  # 1 of 1: dead
+    c4 = next_claim()
+    with ndb.session() as s:  # a worker that stopped renewing its lease, with no attempts left: dead
+        jobs.requeue_expired(s, now=utcnow() + dt.timedelta(seconds=120))
+    with ndb.session() as s:
+        jobs.cancel(s, ids[4], by="admin")
+    c6 = next_claim()
+    with ndb.session() as s:  # 1 of 2 attempts: back to the queue, no event yet
+        jobs.fail(s, c6, "timeout", retryable=True, backoff=RetrySettings(backoff_s=0))
+    with ndb.session() as s:
+        got = [(e.kind, e.job_id) for e in s.scalars(select(NotifyEvent).order_by(NotifyEvent.id))]
+    assert got == [("job.registered", ids[0]), ("job.no_prior", ids[1]), ("job.dead", ids[2]),
+                   ("job.dead", c4.job_id)]
