@@ -39,9 +39,12 @@ router = APIRouter(include_in_schema=False)
 
 VOLUMES = ("current", "prior", "displacement", "jacobian")
 CACHE_DIR = "viewer"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 DSR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.3"
 CODE_RESAMPLED, CODE_SUBTRACTION = "113085", "113062"
+#: the CT volumes are shown on a coarser grid (same extent, linear) beyond this many voxels: a browser holds each
+#: one as a texture (a 512 x 512 x 1000 whole-body CT is 262 M voxels; 48 M int16 voxels are 96 MB)
+MAX_VIEWER_VOXELS = 48_000_000
 #: window/level presets (centre, width) in HU offered by the viewer
 PRESETS = {"lung": (-600.0, 1500.0), "soft tissue": (40.0, 400.0), "bone": (400.0, 1800.0)}
 _LOCKS: dict[str, threading.Lock] = {}
@@ -141,6 +144,26 @@ def _write_nifti(img, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def viewer_grid(img):
+    """``img`` itself when it has at most :data:`MAX_VIEWER_VOXELS` voxels, else an empty image over the same extent
+    (same origin and direction, LPS mm) with every spacing multiplied by one factor so that it has at most that many."""
+    import SimpleITK as sitk
+
+    size = np.asarray(img.GetSize(), float)
+    if size.prod() <= MAX_VIEWER_VOXELS:
+        return img
+    factor = (size.prod() / MAX_VIEWER_VOXELS) ** (1.0 / 3.0)
+    new_size = np.maximum(1, np.floor((size - 1) / factor) + 1).astype(int)
+    while new_size.prod() > MAX_VIEWER_VOXELS:
+        factor *= 1.01
+        new_size = np.maximum(1, np.floor((size - 1) / factor) + 1).astype(int)
+    ref = sitk.Image([int(v) for v in new_size], sitk.sitkUInt8)
+    ref.SetOrigin(img.GetOrigin())
+    ref.SetDirection(img.GetDirection())
+    ref.SetSpacing([float(sp * factor) for sp in img.GetSpacing()])
+    return ref
+
+
 def _hu(img) -> np.ndarray:
     import SimpleITK as sitk
 
@@ -215,7 +238,16 @@ def _build(src: JobSources, out: Path, dsr: Path | None, registered: list[Path],
             notes.append("registered prior warped here with the DSR's field (the job wrote no registered series)")
     if current_img is None and prior_img is None:
         raise ViewerUnavailable(f"job {src.job_id}: neither the current scan nor the registered prior is available")
+    base = current_img if current_img is not None else prior_img
+    grid = viewer_grid(base)
+    coarse = grid is not base
+    if coarse:
+        notes.append("shown on a coarser grid of " + " x ".join(f"{v:.2f}" for v in grid.GetSpacing())
+                     + f" mm (the scan has more than {MAX_VIEWER_VOXELS // 1_000_000} M voxels)")
     for name, img in (("current", current_img), ("prior", prior_img)):
+        if img is not None and coarse:
+            img = sitk.Resample(img, grid, sitk.Transform(3, sitk.sitkIdentity), sitk.sitkLinear, -1024.0,
+                                sitk.sitkFloat32)
         if img is not None:
             files[name] = f"{name}.nii.gz"
             _write_nifti(_clean_scalar(_hu(img), img, np.int16), out / files[name])

@@ -87,6 +87,9 @@ def test_viewer_scroll_overlay_blend(server, page, node_db, tmp_path):  # noqa: 
     _settle(page)
     jac = _pixels(cur.screenshot())
     assert _red(jac) > 30
+    assert _red(_pixels(prior.screenshot())) > 30  # the same overlay on the registered prior
+    changed = (np.abs(jac - on_fold).sum(-1) > 30).mean()
+    assert changed < 0.05  # only around the fold: the ordinary range (0.5 < det < 2) stays transparent
     assert "folding" in page.inner_text("#viewer-legend")
     page.locator("#viewer").screenshot(path=str(IMG / "viewer_overlay.png"))
     page.check("input[name=viewer-overlay][value=displacement]")
@@ -102,6 +105,7 @@ def test_viewer_scroll_overlay_blend(server, page, node_db, tmp_path):  # noqa: 
     _settle(page)
     assert np.abs(_pixels(cur.screenshot()) - on_fold).mean() > 1.0
     p0 = _pixels(prior.screenshot())
+    assert p0.std() > 10 and _red(p0) == 0
     page.locator("#viewer-blend").fill("100")
     _settle(page)
     assert page.evaluate("window.totalregViewer.prior.volumes[1].opacity") == 1

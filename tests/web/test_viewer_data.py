@@ -110,3 +110,23 @@ def test_access_needs_a_signed_in_user(app, viewer, real_job, node_db):
     assert 'src="/static/viewer/viewer.js"' in page and 'id="nv-current"' in page
     assert "viewer.js" not in viewer.get(f"/jobs/{ids['failed']}").text  # only on a registered job's page
     assert "viewer.js" not in viewer.get("/jobs").text
+
+
+def test_large_scans_are_shown_on_a_coarser_grid(admin, real_job, tmp_path, monkeypatch):
+    from node.web import viewer as v
+
+    job_id, made = real_job
+    monkeypatch.setattr(v, "MAX_VIEWER_VOXELS", 20_000)
+    meta = admin.get(f"/jobs/{job_id}/viewer.json").json()
+    assert any("coarser grid" in n for n in meta["notes"])
+    _, cur = _nifti(admin, meta["volumes"]["current"], tmp_path, "c.nii.gz")
+    _, prior = _nifti(admin, meta["volumes"]["prior"], tmp_path, "p.nii.gz")
+    n = np.prod(cur.GetSize())
+    assert 15_000 < n <= 20_000 and cur.GetSize() == prior.GetSize()
+    full = made["current"]
+    extent = lambda im: (np.asarray(im.GetSize()) - 1) * np.asarray(im.GetSpacing())  # noqa: E731
+    assert np.allclose(cur.GetOrigin(), full.GetOrigin(), atol=1e-4)
+    assert np.all(extent(cur) <= extent(full) + 1e-3) and np.all(extent(cur) > extent(full) - cur.GetSpacing())
+    # the coarse volume samples the same anatomy: its voxels equal the full scan resampled there (linear)
+    ref = sitk.Resample(full, cur, sitk.Transform(3, sitk.sitkIdentity), sitk.sitkLinear, -1024.0)
+    assert np.abs(sitk.GetArrayFromImage(cur) - np.round(sitk.GetArrayFromImage(ref))).max() <= 1

@@ -12,19 +12,21 @@ const status = (text, error = false) => {
   el.classList.toggle("error", error);
 };
 
-// Jacobian colours over [lo, hi]: det <= 0 red (opaque), 0..1 (compression) blue fading out towards 1,
-// 1 transparent, 1..hi (expansion) yellow fading in.
+// Jacobian colours over [lo, hi]. NiiVue draws an overlay voxel fully (times the layer's opacity) wherever the
+// colour's alpha is above zero, so the ordinary range is a fully transparent band: det <= 0 (folding) red,
+// 0 < det < 0.5 (strong compression) blue, 0.5 .. 2 transparent, det > 2 (strong expansion) yellow.
+export const JACOBIAN_BANDS = { compression: 0.5, expansion: 2.0 };
 function jacobianColormap(lo, hi) {
   const idx = (v) => Math.max(0, Math.min(255, Math.round((255 * (v - lo)) / (hi - lo))));
   const i0 = Math.max(1, idx(0));
-  const i1 = Math.max(i0 + 2, idx(1));
+  const iLo = Math.max(i0 + 2, idx(JACOBIAN_BANDS.compression));
+  const iHi = Math.min(253, Math.max(iLo + 2, idx(JACOBIAN_BANDS.expansion)));
   const points = [
-    [0, 255, 0, 0, 255],
-    [i0, 255, 0, 0, 255],
-    [i0 + 1, 40, 90, 255, 170],
-    [i1, 0, 0, 0, 0],
-    [255, 255, 220, 0, 170],
-  ].filter((p, k, all) => k === 0 || p[0] > all[k - 1][0]);
+    [0, 255, 0, 0, 255], [i0, 255, 0, 0, 255],
+    [i0 + 1, 30, 70, 255, 255], [iLo - 1, 130, 170, 255, 255],
+    [iLo, 0, 0, 0, 0], [iHi, 0, 0, 0, 0],
+    [iHi + 1, 255, 235, 80, 255], [255, 255, 200, 0, 255],
+  ];
   return {
     I: points.map((p) => p[0]), R: points.map((p) => p[1]), G: points.map((p) => p[2]),
     B: points.map((p) => p[3]), A: points.map((p) => p[4]),
@@ -54,7 +56,7 @@ async function main() {
   await nvPrior.attachToCanvas($("#nv-prior"));
   const s = meta.stats || {};
   const jlo = Math.min(-0.5, (s.jacobian_min ?? 0) - 0.01);
-  const jhi = Math.max(2.0, Math.min(4.0, s.jacobian_max ?? 2.0));
+  const jhi = Math.max(3.0, Math.min(5.0, s.jacobian_max ?? 3.0));
   for (const nv of [nvCur, nvPrior]) {
     nv.addColormap("totalreg_jacobian", jacobianColormap(jlo, jhi));
     nv.setSliceType(nv.sliceTypeMultiplanar);
@@ -72,12 +74,21 @@ async function main() {
   }
   const gray = (url, name, opacity = 1) => ({ url, name, colormap: "gray", opacity, ...win });
   const curList = v.current ? [gray(v.current, "current.nii.gz"), ...overlays] : [];
-  // the prior panel: registered prior, the current scan on top (blend/flicker), then the overlays
-  const priorList = v.prior ? [gray(v.prior, "prior.nii.gz"), ...(v.current ? [gray(v.current, "current.nii.gz", 0)] : []),
-                               ...overlays] : [];
+  // the prior panel: registered prior, the current scan on top (blend/flicker), then the overlays; what the
+  // current panel already loaded is cloned, not downloaded twice
+  const priorList = v.prior ? [gray(v.prior, "prior.nii.gz"), ...(v.current ? [] : overlays)] : [];
   status("loading volumes …");
   await Promise.all([curList.length ? nvCur.loadVolumes(curList) : null,
                      priorList.length ? nvPrior.loadVolumes(priorList) : null]);
+  if (v.prior && v.current) {
+    for (const src of nvCur.volumes) {
+      const copy = src.clone();
+      nvPrior.addVolume(copy);
+      // the clone keeps the voxels; its display settings are set again here
+      Object.assign(copy, { colormap: src.colormap, cal_min: src.cal_min, cal_max: src.cal_max, opacity: 0 });
+    }
+    nvPrior.updateGLVolume();
+  }
   const curOverlayBase = 1;
   const priorOverlayBase = v.current ? 2 : 1;
   const blendIndex = v.current ? 1 : -1;
@@ -113,8 +124,9 @@ async function main() {
     if (which === "displacement") {
       legend.textContent = `|d| 0 – ${(s.displacement_max_mm ?? 0).toFixed(1)} mm (mean ${(s.displacement_mean_mm ?? 0).toFixed(1)} mm)`;
     } else if (which === "jacobian") {
-      legend.innerHTML = `<span class="sw red"></span> det ≤ 0 (folding: ${(s.folding_percent ?? 0).toFixed(3)} % of the DSR grid) ` +
-        `<span class="sw blue"></span> compression <span class="sw yellow"></span> expansion; min ${(s.jacobian_min ?? 0).toFixed(2)}`;
+      legend.innerHTML = `<span class="sw red"></span> det ≤ 0, folding (${(s.folding_percent ?? 0).toFixed(3)} % of the DSR grid) ` +
+        `<span class="sw blue"></span> det &lt; ${JACOBIAN_BANDS.compression} <span class="sw yellow"></span> det &gt; ${JACOBIAN_BANDS.expansion}; ` +
+        `min ${(s.jacobian_min ?? 0).toFixed(2)}, max ${(s.jacobian_max ?? 0).toFixed(2)}`;
     } else {
       legend.textContent = "";
     }
