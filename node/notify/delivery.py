@@ -86,11 +86,49 @@ def _patient(session, study_uid: str) -> dict:
             "study_date": st.study_date.isoformat() if st.study_date else None}
 
 
-def body_of(ev: NotifyEvent, delivery_id: int, node_ae: str, phi: dict | None = None) -> bytes:
+def scrub_payload(session, ev: NotifyEvent) -> dict:
+    """``ev.payload`` with the patient IDs, names (whole, with spaces for '^', and each name part of 3 or more
+    characters), birth dates and accession numbers of the job's current and prior studies replaced by
+    ``<patient>`` in every text value — a job's error and reason are kept verbatim in the database and may quote
+    them (e.g. "two different patients")."""
+    from node.store.db import Job, Study
+    payload = dict(ev.payload or {})
+    uids = {ev.study_uid}
+    if ev.job_id is not None:
+        job = session.get(Job, ev.job_id)
+        if job is not None:
+            uids |= {job.study_uid, job.prior_study_uid}
+    uids.discard("")
+    secrets: set[str] = set()
+    for st in session.scalars(select(Study).where(Study.study_uid.in_(uids))) if uids else ():
+        for v in (st.patient_id, st.accession_number, st.birth_date.isoformat() if st.birth_date else ""):
+            secrets.add(v)
+        name = st.patient_name or ""
+        secrets |= {name, name.replace("^", " ").strip(), *(p for p in name.replace("^", " ").split() if len(p) >= 3)}
+    secrets = sorted((v for v in secrets if v and len(v) >= 2), key=len, reverse=True)
+    if not secrets:
+        return payload
+
+    def clean(v):
+        if isinstance(v, str):
+            for sec in secrets:
+                v = v.replace(sec, "<patient>")
+            return v
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return v
+    return {k: (clean(v) if k not in ("study_uid", "current_series_uid", "prior_series_uid") else v)
+            for k, v in payload.items()}
+
+
+def body_of(ev: NotifyEvent, delivery_id: int, node_ae: str, phi: dict | None = None,
+            payload: dict | None = None) -> bytes:
     """The JSON body (UTF-8, keys sorted) of one delivery of ``ev``; ``phi``: patient facts, included as
     ``patient`` only when given (targets with include_phi)."""
     doc = {"event": ev.kind, "event_id": ev.id, "delivery_id": delivery_id, "at": ev.at.isoformat() + "Z",
-           "node": node_ae, "host": socket.gethostname(), "data": ev.payload or {}}
+           "node": node_ae, "host": socket.gethostname(), "data": (ev.payload or {}) if payload is None else payload}
     if phi is not None:
         doc["patient"] = phi
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str).encode()
@@ -209,8 +247,10 @@ class Notifier:
         with self.db.session() as s:
             ev = s.get(NotifyEvent, d.event_id)
             phi = _patient(s, ev.study_uid) if target.include_phi and ev.study_uid else None
+            payload = ev.payload if target.include_phi else scrub_payload(s, ev)
         node_ae = self.cfg.node.ae_title
-        body = body_of(ev, delivery_id, node_ae, phi if target.include_phi and ev.job_id is not None else None)
+        body = body_of(ev, delivery_id, node_ae, phi if target.include_phi and ev.job_id is not None else None,
+                       payload)
         status, error = None, ""
         try:
             if target.kind == "email":

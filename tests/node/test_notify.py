@@ -354,3 +354,23 @@ def test_every_outcome_gives_its_event_once(ndb):
         got = [(e.kind, e.job_id) for e in s.scalars(select(NotifyEvent).order_by(NotifyEvent.id))]
     assert got == [("job.registered", ids[0]), ("job.no_prior", ids[1]), ("job.dead", ids[2]),
                    ("job.dead", c4.job_id)]
+
+
+def test_patient_data_quoted_in_an_error_is_scrubbed(tmp_path, ndb):
+    rcv = Receiver(free_port())
+    try:
+        with ndb.session() as s:
+            jobs.enqueue(s, study_uid=STUDY, current_series_uid="1.2.5.1", rule_name="r")
+        with ndb.session() as s:
+            c = jobs.claim(s, "w", lease_s=60)
+        with ndb.session() as s:
+            jobs.fail(s, c, f"two different patients: {PATIENT_ID} DOE^JANE (accession {ACCESSION}) vs PAT-9",
+                      retryable=False)
+        assert Notifier(_cfg(tmp_path, rcv.port), ndb).run_once() == 1
+        body = rcv.requests[0][1].decode()
+        assert json.loads(body)["data"]["error"] == \
+            "two different patients: <patient> <patient> (accession <patient>) vs PAT-9"
+        for phi in (PATIENT_ID, "DOE", "JANE", ACCESSION):
+            assert phi not in body
+    finally:
+        rcv.close()
