@@ -78,6 +78,9 @@ class _TimeoutSession(requests.Session):
     def request(self, method, url, **kw):
         if kw.get("timeout") is None:
             kw["timeout"] = self.default_timeout
+        if isinstance(self.verify, str) and kw.get("verify") in (None, True):
+            # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a session's verify: ca_file wins
+            kw["verify"] = self.verify
         return super().request(method, url, **kw)
 
 
@@ -142,8 +145,10 @@ def _translate(pacs: PacsConfig, service: str, exc: Exception) -> DicomwebError:
     if isinstance(exc, requests.HTTPError) and exc.response is not None:
         return http_error(pacs, service, exc.response.status_code, _body_text(exc.response))
     if isinstance(exc, requests.exceptions.SSLError):
-        return DicomwebError(f"{service} to '{pacs.name}': TLS failed ({_first_line(exc)}): check ca_file, "
-                             f"client_cert and client_key", kind="status")
+        m = re.search(r"\[SSL[^\]]*\][^'\")]*|SSLError\([^']*'([^']*)", str(exc))
+        why = (m.group(1) or m.group(0)).strip() if m else _first_line(exc)[:160]
+        return DicomwebError(f"{service} to '{pacs.name}': TLS failed ({why}): check ca_file, client_cert and "
+                             f"client_key", kind="status")
     if isinstance(exc, requests.Timeout):
         return DicomwebError(f"{service} to '{pacs.name}' timed out (connect {pacs.connect_timeout_s:g} s, read "
                              f"{pacs.read_timeout_s:g} s)", kind="timeout")

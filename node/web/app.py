@@ -237,8 +237,9 @@ class BodyLimit:
 
 
 def _wants_json(request: Request) -> bool:
-    return request.url.path.startswith(("/api/", STOW_PREFIX)) or "application/json" in request.headers.get("accept", "") and \
-        "text/html" not in request.headers.get("accept", "")
+    accept = request.headers.get("accept", "")
+    return request.url.path.startswith(("/api/", STOW_PREFIX)) or "application/json" in accept and \
+        "text/html" not in accept
 
 
 def _version() -> str:

@@ -242,3 +242,88 @@ def test_config_needs_url_and_credentials():
                       ("{name: c, ae_title: A, host: h}", "a dimse PACS needs port")):
         with pytest.raises(ConfigError, match=msg):
             parse_config(f"pacs: [{text}]")
+
+
+# ------------------------------------------------------------------------------------------------------ mTLS
+
+def _pki(folder: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 (cert + key in one PEM, as Orthanc wants) and a client cert + key."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def key_pem(k):
+        return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                               serialization.NoEncryption())
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca = (x509.CertificateBuilder().subject_name(name("test CA")).issuer_name(name("test CA"))
+          .public_key(ca_key.public_key()).serial_number(1).not_valid_before(now - dt.timedelta(days=1))
+          .not_valid_after(now + dt.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+
+    def leaf(cn, serial, server):
+        k = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        b = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(ca.subject).public_key(k.public_key())
+             .serial_number(serial).not_valid_before(now - dt.timedelta(days=1))
+             .not_valid_after(now + dt.timedelta(days=2)))
+        if server:
+            b = b.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                                critical=False)
+        return b.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM), key_pem(k)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {"ca": folder / "ca.pem", "server": folder / "server.pem", "client": folder / "client.pem",
+           "client_key": folder / "client.key"}
+    out["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert, key = leaf("orthanc", 2, True)
+    out["server"].write_bytes(cert + key)
+    cert, key = leaf("totalreg-node", 3, False)
+    out["client"].write_bytes(cert)
+    out["client_key"].write_bytes(key)
+    return out
+
+
+def test_mtls_client_certificate_and_ca(tmp_path):
+    """An https archive that asks for a client certificate signed by the test CA (Orthanc 1.10's TLS server
+    crashes here, so a Python one): the node's client_cert + client_key and ca_file let QIDO-RS through; without
+    the client certificate, or without the CA, the job message names TLS."""
+    import ssl
+
+    pki = _pki(tmp_path / "pki")
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Script)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(pki["server"]))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(str(pki["ca"]))
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    answer = json.dumps([_study_json("1.2.3.6", "20230101")]).encode()
+    srv.script, srv.seen = [(200, "application/dicom+json", answer, 0)], []
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"https://127.0.0.1:{srv.server_address[1]}/dicom-web"
+        good = PacsConfig(name="cloud", kind="dicomweb", url=url, client_cert=pki["client"],
+                          client_key=pki["client_key"], ca_file=pki["ca"], retries=0)
+        (st,) = dicomweb.query_studies(NodeConfig(), good, _current())
+        assert st.study_uid == "1.2.3.6" and len(srv.seen) == 1
+        with pytest.raises(dicomweb.DicomwebError) as err:  # the archive hangs up: no client certificate
+            dicomweb.query_studies(NodeConfig(), good.model_copy(update={"client_cert": None, "client_key": None}),
+                                   _current())
+        assert str(err.value).startswith(("QIDO-RS to 'cloud': TLS failed", "'cloud' unreachable for QIDO-RS"))
+        with pytest.raises(dicomweb.DicomwebError) as err:  # the system CAs do not know the archive's
+            dicomweb.query_studies(NodeConfig(), good.model_copy(update={"ca_file": None}), _current())
+        assert str(err.value).startswith("QIDO-RS to 'cloud': TLS failed ([SSL: CERTIFICATE_VERIFY_FAILED]")
+        assert str(err.value).endswith("check ca_file, client_cert and client_key")
+        assert len(srv.seen) == 1  # neither reached the archive
+    finally:
+        srv.shutdown()
+        srv.server_close()
