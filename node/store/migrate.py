@@ -14,7 +14,10 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
+import os
 import re
 import tempfile
 from contextlib import contextmanager
@@ -169,7 +172,7 @@ def upgrade(engine: Engine, target: str = "head") -> tuple[str | None, str]:
         if before != head:
             sqlite_new = (conn.dialect.name == "sqlite" and before is None and target == "head"
                           and not inspect(conn).get_table_names())
-            if sqlite_new and head in _SQLITE_SCHEMA:
+            if sqlite_new and (head in _SQLITE_SCHEMA or _load_sqlite_schema(head)):
                 _replay_sqlite_schema(conn, head)
             else:
                 _check_known(before)
@@ -192,15 +195,47 @@ def _check_known(revision: str | None) -> None:
                            "know (made by a newer release?); not touching it")
 
 
-#: head revision -> the DDL (sqlite_master.sql, in creation order) of a new SQLite database the migrations made in
-#: this process; later new SQLite databases get the same statements replayed (tests make hundreds of databases)
+#: head revision -> the DDL (sqlite_master.sql, in creation order) of a new SQLite database the migrations made;
+#: later new SQLite databases get the same statements replayed (tests make hundreds of databases). Kept in memory
+#: and in the migrations' __pycache__ (as trusted as the .pyc files there), keyed by the version files' contents
+#: and the SQLite/SQLAlchemy/Alembic versions, so that a new process does not need to import Alembic either.
 _SQLITE_SCHEMA: dict[str, tuple[str, ...]] = {}
+
+
+def _sqlite_schema_cache(head: str) -> Path:
+    import sqlite3
+    from importlib.metadata import version
+
+    import sqlalchemy
+    h = hashlib.sha256(f"{sqlite3.sqlite_version} {sqlalchemy.__version__} {version('alembic')}".encode())
+    for p in sorted(VERSIONS_DIR.glob("*.py")):
+        h.update(p.name.encode() + b"\0" + p.read_bytes())
+    return MIGRATIONS_DIR / "__pycache__" / f"sqlite-schema.{head}.{h.hexdigest()[:20]}.json"
+
+
+def _load_sqlite_schema(head: str) -> bool:
+    try:
+        stmts = json.loads(_sqlite_schema_cache(head).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not (isinstance(stmts, list) and stmts and all(isinstance(x, str) for x in stmts)):
+        return False
+    _SQLITE_SCHEMA[head] = tuple(stmts)
+    return True
 
 
 def _capture_sqlite_schema(conn: Connection, head: str) -> None:
     rows = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL "
                                 "AND name NOT LIKE 'sqlite^_%' ESCAPE '^' ORDER BY rowid").fetchall()
     _SQLITE_SCHEMA[head] = tuple(r[0] for r in rows)
+    try:  # best effort: a read-only installation just migrates each new database
+        path = _sqlite_schema_cache(head)
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(list(_SQLITE_SCHEMA[head])), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def _replay_sqlite_schema(conn: Connection, head: str) -> None:

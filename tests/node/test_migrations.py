@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -193,7 +194,8 @@ def test_models_and_migrations_agree(fresh_url):
     """A database upgraded to head has exactly the models' schema (every schema change ships its migration)."""
     from node.store import migrate
     from node.store.db import Database
-    migrate._SQLITE_SCHEMA.clear()  # run the migrations themselves, not this process's replay of them
+    migrate._SQLITE_SCHEMA.clear()  # run the migrations themselves, not a replay of them
+    migrate._sqlite_schema_cache(migrate.head_revision()).unlink(missing_ok=True)
     db = Database(fresh_url)
     db.dispose()
     assert _version_rows(fresh_url) == [migrate.head_revision()]
@@ -208,10 +210,14 @@ def test_replayed_sqlite_schema_is_the_migrated_one(tmp_path):
     import sqlite3
     from node.store import migrate
     from node.store.db import Database
+    head = migrate.head_revision()
+    cache = migrate._sqlite_schema_cache(head)
+    cache.unlink(missing_ok=True)
     migrate._SQLITE_SCHEMA.clear()
     Database(f"sqlite:///{tmp_path / 'migrated.db'}").dispose()
-    head = migrate.head_revision()
     assert head in migrate._SQLITE_SCHEMA
+    assert json.loads(cache.read_text()) == list(migrate._SQLITE_SCHEMA[head])  # for the next processes
+    migrate._SQLITE_SCHEMA.clear()  # as a new process: read back from the cache file
     Database(f"sqlite:///{tmp_path / 'replayed.db'}").dispose()
 
     def master(name):
