@@ -10,6 +10,8 @@ import importlib
 import logging
 import sys
 
+from node.errors import UserError
+
 #: sub-command name -> module under node.commands
 COMMANDS = ("register", "serve", "demo", "train", "worker", "rules", "console", "audit", "db", "purge", "check", "backup", "restore")
 
@@ -35,6 +37,16 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """node's UserError, and the engine's and dicom_io's input errors when those packages are loaded (an error
+    of theirs can only come from a loaded package; importing them here would load torch for every command)."""
+    out: list[type[BaseException]] = [UserError]
+    for module, name in (("registration_core.errors", "RegistrationInputError"), ("dicom_io.errors", "DicomInputError")):
+        if module in sys.modules:
+            out.append(getattr(sys.modules[module], name))
+    return tuple(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``totalreg`` console script; returns the process exit code."""
     argv = sys.argv[1:] if argv is None else argv
@@ -52,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # user-facing errors carry a plain message
-        if getattr(exc, "user_message", None) or exc.__class__.__name__.endswith("InputError") or \
-                exc.__class__.__name__.endswith("ConfigError"):
+        if isinstance(exc, _user_errors()):
             print(f"totalreg: error: {exc}", file=sys.stderr)
             return 2
         raise

@@ -17,15 +17,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator, ValidationInfo
 
 from node import destinations
+from node.errors import UserError
 from node.rule_patterns import PatternError, check_pattern
 
 Output = Literal["dsr", "rigid_reg", "registered_series", "subtraction"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration problem a person can fix; the message names the file, line and key."""
-
-    user_message = True
 
 
 class _Strict(BaseModel):
@@ -33,11 +32,14 @@ class _Strict(BaseModel):
 
 
 class TlsSettings(_Strict):
-    """DICOM TLS for the listener (and, with ``use_for_clients``, for outgoing associations)."""
+    """DICOM TLS on the listener (:func:`node.net.tls.server_context`, TLS >= 1.2): the node's certificate and key
+    (PEM); with ``ca_file`` a client certificate a peer presents must be signed by that CA, and with
+    ``require_client_cert`` every peer must present one. Outgoing associations use TLS per peer (``tls: true`` on
+    a dicom destination)."""
 
     cert_file: Path
     key_file: Path
-    ca_file: Path | None = None  # when set, peers must present a certificate signed by this CA
+    ca_file: Path | None = None  # verifies the client certificates peers present (all peers: require_client_cert)
     require_client_cert: bool = False
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 import node
+from node.errors import UserError
 from dicom_io import read_series
 from node.work.outputs import dicom_outputs
 from registration_core import RegistrationConfig, RegistrationInputError, register
@@ -26,12 +27,8 @@ from registration_core.qc import write_qc_png
 log = logging.getLogger("totalreg.register")
 
 
-class RegisterInputError(Exception):
+class RegisterInputError(UserError):
     """A problem with the command's input, shown as one line."""
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.user_message = message
 
 
 def add_parser(subparsers) -> None:
@@ -59,7 +56,7 @@ def _read(path: str, what: str):
         try:
             vol = read_series(p)
         except Exception as exc:
-            msg = getattr(exc, "user_message", None) or " ".join(str(exc).split())
+            msg = " ".join(str(exc).split())
             raise RegisterInputError(f"cannot read {what} DICOM series {p}: {msg}") from None
         return vol.image, vol
     return read_image(p, what=what), None

@@ -96,6 +96,8 @@ def validate_options(name: str, raw: dict[str, Any]) -> dict[str, Any]:
     except ValidationError as exc:
         problems = []
         for e in exc.errors():
-            key = ".".join(str(p) for p in e["loc"]) or "?"
-            problems.append(f"unknown key '{key}'" if e["type"] == "extra_forbidden" else f"{key}: {e['msg']}")
+            key = ".".join(str(p) for p in e["loc"])
+            msg = e["msg"].removeprefix("Value error, ")
+            problems.append(f"unknown key '{key}'" if e["type"] == "extra_forbidden" else
+                            f"{key}: {msg}" if key else msg)
         raise ValueError(f"a {name} destination: {'; '.join(problems)}") from None

@@ -4,22 +4,36 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from node.destinations import DestinationKind, Options
 from node.net import dimse
+from node.net.tls import client_context
 
 
 class DicomOptions(Options):
-    """A DICOM AE: its AE title, host and port."""
+    """A DICOM AE: its AE title, host and port; with ``tls: true`` associations run over TLS (TLS >= 1.2), the
+    AE's certificate checked against ``host`` and ``ca_file`` (default: the system's CA store); ``cert_file`` and
+    ``key_file`` (PEM) are the node's certificate, presented when the AE asks for one."""
 
     ae_title: str | None = None
     host: str | None = None
     port: int | None = Field(None, ge=1, le=65535)
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> "DicomOptions":
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
 
 
 def _peer(dest) -> dimse.Peer:
-    return dimse.Peer(dest.ae_title or "", dest.host or "", int(dest.port or 0), name=dest.name)
+    ctx = client_context(dest if dest.cert_file else None, ca_file=dest.ca_file) if dest.tls else None
+    return dimse.Peer(dest.ae_title or "", dest.host or "", int(dest.port or 0), name=dest.name, tls=ctx)
 
 
 class Dicom(DestinationKind):

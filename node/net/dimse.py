@@ -7,6 +7,7 @@ or answers with a failure status. No helper logs patient data.
 from __future__ import annotations
 
 import logging
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -25,6 +26,8 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
+
+from node.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +55,8 @@ GET_STORAGE_CLASSES = (CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEn
                        SecondaryCaptureImageStorage)
 
 
-class DimseError(RuntimeError):
+class DimseError(UserError, RuntimeError):
     """A DICOM network operation failed; the message says which peer and why, in plain words."""
-
-    user_message = True
 
     def __init__(self, message: str, *, status: int | None = None, kind: str = "failed") -> None:
         super().__init__(message)
@@ -65,12 +66,15 @@ class DimseError(RuntimeError):
 
 @dataclass(frozen=True)
 class Peer:
-    """A remote DICOM application entity: AE title, host, TCP port; ``name`` is for messages only."""
+    """A remote DICOM application entity: AE title, host, TCP port; ``name`` is for messages only. With ``tls`` (a
+    client SSLContext, :func:`node.net.tls.client_context`) associations to it run over TLS, its certificate
+    checked against ``host``."""
 
     ae_title: str
     host: str
     port: int
     name: str = ""
+    tls: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
         label = f"'{self.name}' " if self.name else ""
@@ -121,6 +125,8 @@ def make_ae(calling_ae: str, timeout_s: float = 30.0) -> AE:
 
 
 def _associate(ae: AE, peer: Peer, what: str, **kwargs):
+    if peer.tls is not None:
+        kwargs["tls_args"] = (peer.tls, peer.host)
     try:
         assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, **kwargs)
     except (OSError, RuntimeError, ValueError) as exc:

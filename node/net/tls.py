@@ -14,11 +14,11 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
+from node.errors import UserError
 
-class TlsConfigError(ValueError):
+
+class TlsConfigError(UserError, ValueError):
     """A TLS file cannot be used; the message names the node.tls key, the file and the reason."""
-
-    user_message = True
 
 
 def _check_file(key: str, path: Path | str | None) -> Path:

@@ -30,15 +30,14 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 
+from node.errors import UserError
 from node.store.db import Database, Event, Instance, Job, Send, Study
 
 MANIFEST = "manifest.json"
 
 
-class BackupError(RuntimeError):
+class BackupError(UserError, RuntimeError):
     """A backup or restore that cannot be done (the message says why)."""
-
-    user_message = True
 
 
 def lock_path(data_dir: str | Path) -> Path:

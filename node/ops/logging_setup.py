@@ -16,8 +16,8 @@ def configure(settings=None, verbose: bool = False, tag: str = "") -> None:
     """Configure the root logger from a :class:`node.config.LoggingSettings` (None: INFO, no PHI); ``tag`` names
     the process in every line (e.g. ``receiver-1234`` for a receiver process)."""
     global _PHI_ALLOWED
-    level = logging.DEBUG if verbose else getattr(logging, getattr(settings, "level", "INFO"))
-    _PHI_ALLOWED = bool(getattr(settings, "phi_in_logs", False)) and level <= logging.DEBUG
+    level = logging.DEBUG if verbose else logging.getLevelName(settings.level if settings else "INFO")
+    _PHI_ALLOWED = bool(settings and settings.phi_in_logs) and level <= logging.DEBUG
     root = logging.getLogger()
     root.setLevel(level)
     if not root.handlers:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import ssl
 import threading
 import time
 
@@ -50,20 +49,11 @@ from node.receive.index import IndexWriter
 from node.receive.ingest import STATUS_CANNOT_UNDERSTAND, STATUS_OK, STATUS_OUT_OF_RESOURCES, ingest_dataset
 from node.receive.part10 import PREAMBLE, file_meta_bytes
 from node.receive.shared_listener import ReceiverLoad, SharedListenerServer
+from node.net.tls import server_context
 from node.receive.spool import Spool
 from node.store.db import Database
 
 log = logging.getLogger(__name__)
-
-def tls_context(tls) -> ssl.SSLContext:
-    """Server-side SSL context from :class:`node.config.TlsSettings` (client certificates when required)."""
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-    if tls.ca_file:
-        ctx.load_verify_locations(cafile=str(tls.ca_file))
-    ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_NONE
-    return ctx
-
 
 def set_tcp_nodelay(event) -> None:
     """EVT_CONN_OPEN handler: disable Nagle's algorithm on the association's socket.
@@ -128,7 +118,7 @@ class Receiver:
         ae = self.make_ae()
         handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_C_ECHO, lambda e: STATUS_OK),
                     (evt.EVT_CONN_OPEN, set_tcp_nodelay)]
-        ctx = tls_context(n.tls) if n.tls else None
+        ctx = server_context(n.tls) if n.tls else None
         # SQLite: the index writer's own connection commits without a WAL fsync (synchronous=NORMAL). What an
         # acknowledgement promises still holds: the file and its rename are fsynced first, a commit survives a
         # crash of the process, and after a power loss reindex_spool() (at start-up) indexes spool files whose

@@ -9,15 +9,14 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from node.dispatch import dispatcher
+from node.errors import UserError
 
 from node.store import queue as jobs
 from node.store.db import JOB_DONE, OUTCOME_REGISTERED, Job
 
 
-class ActionError(ValueError):
+class ActionError(UserError, ValueError):
     """The action does not apply (unknown job, wrong state); the message says why in plain words."""
-
-    user_message = True
 
     def __init__(self, message: str, *, not_found: bool = False):
         super().__init__(message)

@@ -100,3 +100,53 @@ def test_bad_tls_files_give_one_line_errors(pki, case, words):
     with pytest.raises(TlsConfigError) as ei:
         server_context(tls)
     assert words in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_node_listener_verifies_a_presented_client_cert_without_require(pki, tmp_path):
+    """The node's own listener (node.receive.receiver) uses server_context: with ca_file but without
+    require_client_cert a peer may come without a certificate, but one it presents must be signed by the CA."""
+    from tools import free_port
+
+    from node.config import NodeConfig
+    from node.receive.receiver import Receiver
+    from node.receive.spool import Spool
+    from node.store.db import Database
+
+    tls = {"cert_file": str(pki["server"].cert), "key_file": str(pki["server"].key),
+           "ca_file": str(pki["ca"].pair.cert), "require_client_cert": False}
+    cfg = NodeConfig.model_validate({"node": {"port": free_port(), "host": "127.0.0.1", "data_dir": str(tmp_path),
+                                              "tls": tls}})
+    db = Database(cfg.node.database_url())
+    rcv = Receiver(cfg, db, Spool(tmp_path / "spool", min_free_mb=0))
+    rcv.start()
+    try:
+        mod = TlsSettings(cert_file=pki["modality"].cert, key_file=pki["modality"].key, ca_file=pki["ca"].pair.cert)
+        rogue = TlsSettings(cert_file=pki["rogue_modality"].cert, key_file=pki["rogue_modality"].key,
+                            ca_file=pki["ca"].pair.cert)
+        assert _echo(cfg.node.port, client_context(ca_file=pki["ca"].pair.cert))  # none presented: fine
+        assert not _echo(cfg.node.port, client_context(rogue))  # presented but untrusted: refused
+        assert _echo(cfg.node.port, client_context(mod))
+    finally:
+        rcv.stop()
+        db.dispose()
+
+
+def test_outgoing_dicom_destination_over_tls(pki):
+    """A dicom destination with tls: true associates over TLS (its certificate checked, the node's presented)."""
+    from node import destinations
+    from node.config import DestinationConfig
+
+    server, port = _serve(server_context(_tls(pki)))  # the destination requires a client certificate
+    try:
+        def check(**opts):
+            dest = DestinationConfig(name="pacs", kind="dicom", ae_title="TOTALREG", host="127.0.0.1", port=port,
+                                     **opts)
+            return destinations.get("dicom").check(dest, calling_ae="NODE", timeout_s=5)
+
+        node_cert = dict(cert_file=pki["modality"].cert, key_file=pki["modality"].key)
+        assert check(tls=True, ca_file=pki["ca"].pair.cert, **node_cert)[0]
+        assert not check(tls=True, ca_file=pki["rogue"].pair.cert, **node_cert)[0]  # destination not trusted
+        assert not check(tls=True, ca_file=pki["ca"].pair.cert)[0]  # no certificate to present
+        assert not check()[0]  # plain TCP to a TLS listener
+    finally:
+        server.shutdown()
