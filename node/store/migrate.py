@@ -227,6 +227,10 @@ def _load_sqlite_schema(head: str) -> bool:
 def _capture_sqlite_schema(conn: Connection, head: str) -> None:
     rows = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL "
                                 "AND name NOT LIKE 'sqlite^_%' ESCAPE '^' ORDER BY rowid").fetchall()
+    tables = [r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'table' AND "
+                                                 "name NOT LIKE 'sqlite^_%' ESCAPE '^' AND name != 'alembic_version'")]
+    if any(conn.exec_driver_sql(f'SELECT 1 FROM "{t}" LIMIT 1').first() for t in tables):
+        return  # a migration wrote rows (seed data): DDL alone would not reproduce it, so never replay
     _SQLITE_SCHEMA[head] = tuple(r[0] for r in rows)
     try:  # best effort: a read-only installation just migrates each new database
         path = _sqlite_schema_cache(head)
