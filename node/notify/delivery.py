@@ -35,6 +35,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import ClassVar
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -344,9 +345,9 @@ class HealthWatch:
         out: dict[str, tuple[str, bool, str, dict]] = {}
         d = disk(Path(self.cfg.node.data_dir))
         need = self.cfg.node.min_free_disk_mb * 1024 * 1024
-        out["disk"] = ("disk", d.free_bytes >= need,
-                       f"{d.free_bytes / 2**20:.0f} MB free in {self.cfg.node.data_dir} (minimum "
-                       f"{self.cfg.node.min_free_disk_mb} MB)", {"free_bytes": d.free_bytes, "min_free_bytes": need})
+        message = (f"{d.free_bytes / 2**20:.0f} MB free in {self.cfg.node.data_dir} (minimum "
+                   f"{self.cfg.node.min_free_disk_mb} MB)")
+        out["disk"] = ("disk", d.free_bytes >= need, message, {"free_bytes": d.free_bytes, "min_free_bytes": need})
         if self.receiver_alive is not None:
             alive = bool(self.receiver_alive())
             out["receiver"] = ("receiver", alive, "DICOM receiver running" if alive
@@ -356,8 +357,9 @@ class HealthWatch:
             out[f"pacs:{p.name}"] = ("pacs", ok, f"PACS '{p.name}': {msg}", {"pacs": p.name})
         return out
 
-    EVENTS = {"disk": ("node.disk_ok", "node.disk_low"), "receiver": ("node.receiver_up", "node.receiver_down"),
-              "pacs": ("node.pacs_reachable", "node.pacs_unreachable")}
+    EVENTS: ClassVar[dict[str, tuple[str, str]]] = {
+        "disk": ("node.disk_ok", "node.disk_low"), "receiver": ("node.receiver_up", "node.receiver_down"),
+        "pacs": ("node.pacs_reachable", "node.pacs_unreachable")}
 
     def check_once(self) -> list[str]:
         """Run the checks; queue an event for each change; returns the kinds queued."""

@@ -103,7 +103,7 @@ def _check_signed(headers: dict, body: bytes) -> None:
 def test_failed_and_suspicious_jobs_arrive_once_signed_without_phi(tmp_path, ndb):
     rcv = Receiver(free_port())
     try:
-        failed, suspicious, queued = _job_outcomes(ndb)
+        failed, suspicious, _queued = _job_outcomes(ndb)
         n = Notifier(_cfg(tmp_path, rcv.port), ndb)
         assert n.run_once() == 2
         assert n.run_once() == 0  # nothing more: each event once
