@@ -156,6 +156,8 @@ class AuditMiddleware:
             elif action == "rules.change" and outcome == audit.SUCCESS:
                 object_id = str(s.scalar(select(func.max(RuleVersion.version))) or "")
                 detail = f"routing rules saved as version {object_id}"
+            elif action in ("auth.login", "auth.logout", "user.password") and outcome == audit.SUCCESS:
+                object_id = actor  # who signed in / out, whose password changed
             elif action == "auth.login" and outcome != audit.SUCCESS:
                 from urllib.parse import parse_qs
                 tried = parse_qs(body.decode("utf-8", "replace")).get("username", [""])[0][:64]

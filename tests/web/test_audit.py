@@ -174,5 +174,6 @@ def test_sign_in_and_out_are_audited_with_the_user(app, node_db):
         assert c.post("/logout", data={"csrf_token": csrf_of(c.get("/").text)}, follow_redirects=False).status_code == 303
     got = [(x.action, x.actor, x.outcome) for x in reversed(_records(db, action="auth."))]
     assert got == [("auth.login", "", "denied"), ("auth.login", "admin", "success"), ("auth.logout", "admin", "success")]
+    assert [x.object_id for x in _records(db, action="auth.logout")] == ["admin"]
     assert [x.detail for x in _records(db, action="auth.login") if x.outcome == "denied"] == \
         ["sign-in refused for user name 'admin'"]
