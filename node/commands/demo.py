@@ -501,12 +501,16 @@ def run(args) -> int:
         print(f"demo: {'finished' if ok else 'FAILED'} in {time.monotonic() - t_start:.0f} s "
               f"({time.monotonic() - t_sent:.0f} s from sending to delivery)")
         if args.keep_running and ok:
-            print("demo: node and Orthanc keep running; press Ctrl-C to stop")
+            print("demo: node and Orthanc keep running; press Ctrl-C (or send SIGTERM) to stop")
+            stop = {"now": False}
+            previous = {sig: signal.signal(sig, lambda *_: stop.update(now=True))
+                        for sig in (signal.SIGINT, signal.SIGTERM)}  # both stop the node and Orthanc cleanly
             try:
-                while True:
-                    time.sleep(1)
-            except KeyboardInterrupt:
-                pass
+                while not stop["now"]:
+                    time.sleep(0.5)
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
         return 0 if ok else 1
     finally:
         if node is not None:
