@@ -261,18 +261,15 @@ def landmark_errors(result_dir: Path, landmarks: tuple[np.ndarray, np.ndarray]) 
     import SimpleITK as sitk
     from pydicom import dcmread
 
-    from dicom_io.writers.dsr import DSR_SOP_CLASS, dsr_vectors
+    from dicom_io.writers.dsr import DSR_SOP_CLASS
+    from node.web.viewer import field_from_dsr
 
     for f in sorted((Path(result_dir) / "dicom").glob("*.dcm")):
-        ds = dcmread(f)
-        if str(ds.get("SOPClassUID", "")) == DSR_SOP_CLASS:
+        if str(dcmread(f, stop_before_pixels=True).get("SOPClassUID", "")) == DSR_SOP_CLASS:
             break
     else:
         return None
-    vec, grid = dsr_vectors(ds)
-    field = sitk.GetImageFromArray(np.asarray(vec, np.float64), isVector=True)
-    field.CopyInformation(grid)
-    transform = sitk.DisplacementFieldTransform(field)
+    transform = sitk.DisplacementFieldTransform(field_from_dsr(f))
     p, q = (np.asarray(a, float) for a in landmarks)
     mapped = np.array([transform.TransformPoint(tuple(x)) for x in p])
     return len(p), float(np.linalg.norm(p - q, axis=1).mean()), float(np.linalg.norm(mapped - q, axis=1).mean())

@@ -26,10 +26,11 @@ from pathlib import Path
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from node.store.db import Instance, Job
+from dicom_io.writers.dsr import DSR_SOP_CLASS
+from node.store.db import Job
+from node.store.queries import series_paths
 
 from . import auth
 from .deps import DbId, db, page_user
@@ -40,7 +41,6 @@ router = APIRouter(include_in_schema=False)
 VOLUMES = ("current", "prior", "displacement", "jacobian")
 CACHE_DIR = "viewer"
 CACHE_VERSION = 2
-DSR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.3"
 CODE_RESAMPLED, CODE_SUBTRACTION = "113085", "113062"
 #: the CT volumes are shown on a coarser grid (same extent, linear) beyond this many voxels: a browser holds each
 #: one as a texture (a 512 x 512 x 1000 whole-body CT is 262 M voxels; 48 M int16 voxels are 96 MB)
@@ -75,12 +75,7 @@ def job_sources(session: Session, job_id: int) -> JobSources:
         raise ViewerUnavailable(f"job {job_id} has no registration results to view")
 
     def paths(series_uid: str | None) -> list[Path]:
-        if not series_uid:
-            return []
-        rows = session.execute(select(Instance.path, Instance.instance_number, Instance.sop_instance_uid)
-                               .where(Instance.series_uid == series_uid)).all()
-        rows.sort(key=lambda r: (r[1] if r[1] is not None else 1 << 30, r[2]))
-        return [Path(r[0]) for r in rows]
+        return series_paths(session, series_uid) if series_uid else []
 
     return JobSources(job_id, Path(job.result_dir), paths(job.current_series_uid), paths(job.prior_series_uid))
 
