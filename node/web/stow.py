@@ -149,7 +149,6 @@ async def _stow(request: Request, p: auth.Principal, study_uid: str | None) -> R
     reader = MultipartReader(boundary, max_part_bytes=limits.max_part_bytes,
                              max_total_bytes=limits.max_request_bytes)
     stored: list[Stored] = []
-    studies: set[str] = set()
     failed: list[tuple[str, str, int, str]] = []  # (class, instance, reason, message)
 
     async def take(part) -> None:
@@ -169,7 +168,6 @@ async def _stow(request: Request, p: auth.Principal, study_uid: str | None) -> R
         res = await run_in_threadpool(ingest_part10, dbw, spool, c.cfg, part.data, calling_ae=calling)
         if res.ok:
             stored.append(res)
-            studies.add(got)
         else:
             failed.append((res.sop_class_uid, res.sop_instance_uid, res.status, res.message))
 
@@ -191,10 +189,7 @@ async def _stow(request: Request, p: auth.Principal, study_uid: str | None) -> R
         log.warning("STOW-RS from %s: instance %s not stored (0x%04X): %s", calling, inst or "?", reason, message)
     if not stored and not failed:
         raise HTTPException(400, "the body holds no instance")
-    body: dict = {}
-    if study_uid or len(studies) == 1:
-        base = str(request.base_url).rstrip("/")
-        body["00081190"] = {"vr": "UR", "Value": [f"{base}/dicom-web/studies/{study_uid or next(iter(studies))}"]}
+    body: dict = {}  # no RetrieveURL: the node stores, it does not serve WADO-RS
     if failed:
         body["00081198"] = {"vr": "SQ", "Value": [_item(cls, inst, reason) for cls, inst, reason, _ in failed]}
     if stored:
