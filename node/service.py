@@ -10,13 +10,17 @@ import logging
 import threading
 from pathlib import Path
 
+from node.audit.syslog import SyslogForwarder
 from node.dispatch.dispatcher import Dispatcher, requeue_orphan_sends
+from node.notify.delivery import HealthWatch, Notifier
 from node.ops import metrics
 from node.receive.ingest import reindex_spool
 from node.receive.receiver import Receiver
 from node.receive.receiver_child import ReceiverChildren, receiver_process_count
 from node.receive.shared_listener import ReceiverLoad, bind_listener, stop_accepting
 from node.receive.spool import Spool
+from node.retention.purge import repair
+from node.retention.runner import Retention
 from node.route.assembly import Assembler
 from node.store.db import Database, open_database
 from node.store.queue import release_owned, requeue_orphans, worker_name
@@ -76,7 +80,6 @@ class NodeService:
         """Recover, then start every configured stage."""
         recover(self.db, self.spool, cleanup_spool=self.receive)
         if self.receive:  # a purge a crash interrupted is finished before anything reads the index
-            from node.retention.purge import repair
             repair(self.db, self.cfg)
         if self.receive:
             n_proc = receiver_process_count(self.cfg.node.receiver_processes)
@@ -109,14 +112,12 @@ class NodeService:
             self._thread("dispatcher", Dispatcher(self.cfg, self.db, owner=worker_name("dispatcher"),
                                                   poll_s=self.poll_s).run)
             if self.cfg.retention.enabled:  # periodic purge: age limits and disk watermarks (node.retention)
-                from node.retention.runner import Retention
                 self.retention = Retention(self.cfg, self.db)
                 self._thread("retention", self.retention.run)
-            from node.notify.delivery import HealthWatch, Notifier  # job outcomes and node health -> webhooks
+            # job outcomes and node health -> webhooks
             self._thread("notify", Notifier(self.cfg, self.db, poll_s=max(self.poll_s, 1.0)).run)
             self._thread("health", HealthWatch(self.cfg, self.db, receiver_alive=self.receiver_alive).run)
             if self.cfg.audit.syslog_host:  # the audit trail to a syslog collector (ATNA, RFC 5424)
-                from node.audit.syslog import SyslogForwarder
                 self._thread("audit-syslog", SyslogForwarder(self.cfg, self.db).run)
         for i in range(self.n_workers):
             w = Worker(self.cfg, self.db, self.spool, name=worker_name(f"w{i}"), poll_s=self.poll_s,

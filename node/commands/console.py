@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import sys
 
+from node import audit
 from node.config import ConfigError, load_config
 from node.store.db import open_database
 from node.web import auth, security
@@ -45,7 +46,6 @@ def run(args) -> int:
     try:
         with db.session() as s:
             auth.set_password(s, args.user, password)
-        from node import audit
         with db.session() as s:
             audit.record(s, "user.password", actor=audit.cli_actor(), via="cli", object_type="user",
                          object_id=args.user, detail="password set with 'totalreg console passwd'")
