@@ -3,13 +3,28 @@ spatial registration, vectors in mm, LPS, on the current grid), the rigid REG (p
 prior series and the subtraction series, all in the current study (dicom_io.writers)."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from pydicom.dataset import Dataset
 
-from dicom_io import SeriesVolume
-from dicom_io import writers as w
+if TYPE_CHECKING:
+    from dicom_io import SeriesVolume
 
 #: output kinds a rule may ask for (``Rule.outputs``), in the order they are written
 OUTPUT_KINDS = ("dsr", "rigid_reg", "registered_series", "subtraction")
+
+
+def _writers():
+    # reason: dicom_io's writers load highdicom and SimpleITK (~120 MB); only a process that writes results pays
+    from dicom_io import writers
+    return writers
+
+
+def save_dicom(objs: list[tuple[str, Dataset]], folder: Path) -> list[Path]:
+    """Write the datasets of :func:`dicom_outputs` into ``folder`` all or nothing (dicom_io.writers.save_objects:
+    fsynced, atomic); their paths."""
+    return _writers().save_objects([ds for _, ds in objs], folder)
 
 
 def dicom_outputs(current: SeriesVolume, prior: SeriesVolume, result, outputs, *, software_version: str,
@@ -17,6 +32,7 @@ def dicom_outputs(current: SeriesVolume, prior: SeriesVolume, result, outputs, *
     """(file name, dataset) of each requested output of ``result`` (a ``registration_core.RegistrationResult``):
     ``dsr.dcm``, ``rigid_reg.dcm``, ``registered_NNNN.dcm``, ``subtraction_NNNN.dcm``. The registered and
     subtraction series reference the DSR when it is among the outputs. ``grid_spacing_mm``: the DSR's grid."""
+    w = _writers()
     outputs = set(outputs)
     objs: list[tuple[str, Dataset]] = []
     dsr = None

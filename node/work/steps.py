@@ -13,13 +13,11 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from pydicom import dcmwrite
 
 import node
-from dicom_io import DicomInputError, SeriesVolume, read_series
-from dicom_io.writers import save_objects
 from node.config import NodeConfig, Rule
 from node.ops import metrics
 from node.priors.choice import PriorDecision, find_priors
@@ -34,7 +32,10 @@ from node.store.header import patient_identity
 from node.store.queries import series_paths, studies_for_patient, study_summary
 from node.store.study import PatientIdentity, StudySummary
 from node.work import qc as qc_check
-from node.work.outputs import dicom_outputs
+from node.work.outputs import dicom_outputs, save_dicom
+
+if TYPE_CHECKING:
+    from dicom_io import SeriesVolume
 
 log = logging.getLogger("node.work.worker")
 
@@ -213,6 +214,8 @@ def read_pair(ctx: WorkerContext, job: LoadedJob, prior_series_uid: str,
               prior_paths: list[Path]) -> tuple[SeriesVolume, SeriesVolume]:
     """Stage ``read``: both series with dicom_io (current, prior); JobError naming the series on a bad input, and
     when the files' own headers name two patients."""
+    # reason: dicom_io's reader loads SimpleITK (~85 MB); only a process that runs a job pays for it
+    from dicom_io import DicomInputError, read_series
     with ctx.stage("read"):
         try:
             cur_vol = read_series(job.current_paths)
@@ -248,7 +251,7 @@ def write_outputs(ctx: WorkerContext, rule: Rule, current: SeriesVolume, prior: 
     with ctx.stage("write"):
         objs = dicom_outputs(current, prior, result, rule.outputs, software_version=node.__version__,
                              grid_spacing_mm=rule.registration.dsr_grid_spacing_mm)
-        files = save_objects([ds for _, ds in objs], result_dir / "dicom")
+        files = save_dicom(objs, result_dir / "dicom")
         qc_png = ""
         try:
             # reason: registration_core.qc imports torch and matplotlib; loaded with the engine, never by others
