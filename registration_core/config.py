@@ -26,6 +26,10 @@ class RegistrationConfig:
     mind_radius / mind_dilation: MIND-SSC patch radius and neighbour distance (voxels of the working grid).
     search_spacing / search_half / max_search_voxels: discrete search grid (mm, raised so it holds at most
         max_search_voxels) and its range in coarse voxels each way (0 disables the search).
+    max_refine_voxels: on CPU, the refinement levels are floored at the spacing where the working grid's box holds
+        at most this many voxels (None: no floor): a whole body refines at 3.6 mm instead of 2.6 mm (deformable
+        stage ~2x faster, TRE 1.26 -> 1.27 mm), an abdomen on a 2.2 mm grid at 3.0 instead of 2.5 mm; lung, chest
+        and abdominal-crop grids stay under the cap (untouched).
     schedules_mm: refinement level spacings (mm, coarse to fine, floored at the working spacing); with several
         schedules (all ending in the same last level) the field of lowest final energy is kept.
     lncc_weight: weight of an LNCC term beside the MIND data term (0: MIND alone, robust to contrast change).
@@ -68,6 +72,7 @@ class RegistrationConfig:
     search_spacing: float = 8.0
     search_half: int = 3
     max_search_voxels: int = 150_000
+    max_refine_voxels: int | None = 1_200_000
     lncc_weight: float = 0.0
     schedules_mm: tuple[tuple[float, ...], ...] = ((10.0, 5.0, 2.5),)
     finest_follows_fixed: bool = False

@@ -90,3 +90,25 @@ def test_longitudinal_pair_is_deterministic_and_changes_contrast(phantom_ct):
     assert np.array_equal(sitk.GetArrayFromImage(a.fixed), sitk.GetArrayFromImage(b.fixed))
     assert longitudinal_pair(img, labels, seed=8).info != a.info
     assert a.info["contrast_gain_hu"] != 0.0 and min(a.info["noise_hu"]) >= 8.0
+
+
+def test_refinement_voxel_cap_coarsens_only_the_levels_finer_than_it():
+    """``max_refine_voxels`` floors the refinement level spacing (CPU) so a large body's finest level holds at most
+    that many voxels; the stage still recovers a known shift (mm, x/y/z) on the coarser level."""
+    from registration_core.config import RegistrationConfig
+    from registration_core.deformable import optimise_deformable
+
+    shape = (32, 32, 32)
+    img = _blobs(shape, sigma=2.0)
+    grid = WorkGrid((0.0, 0.0, 0.0), 2.0, (shape[2], shape[1], shape[0]))
+    mov = torch.roll(img, shifts=(-2, 0, 2), dims=(2, 3, 4))  # fixed x matches moving x + (4, 0, -4) mm
+    w = torch.ones(1, 1, *shape)
+    base = dict(device="cpu", iterations=20, search_half=2, search_spacing=4.0, schedules_mm=((8.0, 4.0, 2.0),))
+    _, free = optimise_deformable(img, mov, w, grid, RegistrationConfig(**base))
+    assert [lv["spacing_mm"] for lv in free["levels"]] == [8.0, 4.0, 2.0]
+    u, capped = optimise_deformable(img, mov, w, grid, RegistrationConfig(max_refine_voxels=8000, **base))
+    floor = 2.0 * (32 ** 3 / 8000) ** (1 / 3)  # 3.17 mm
+    assert capped["refine_floor_mm"] == pytest.approx(floor, abs=1e-3)
+    assert [lv["spacing_mm"] for lv in capped["levels"]] == [8.0, pytest.approx(4.0, abs=0.2), pytest.approx(floor, abs=0.2)]
+    med = u[0, :, 8:-8, 8:-8, 8:-8].reshape(3, -1).median(1).values
+    assert torch.allclose(med, torch.tensor([4.0, 0.0, -4.0]), atol=1.0), med
