@@ -253,12 +253,21 @@ class PriorSpec(_Strict):
 
 
 class RegistrationSettings(_Strict):
-    """Engine settings a rule may override."""
+    """Engine settings a rule may override. ``weights``: network weights (safetensors) for this rule's jobs;
+    None = the node's ``registration.weights``, else the shipped file (never anything else)."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     iterations: int | None = Field(None, ge=0)
     weights: Path | None = None
     dsr_grid_spacing_mm: float = Field(3.0, gt=0)
+
+
+class NodeRegistrationSettings(_Strict):
+    """``registration:`` of node.yaml: ``weights`` = network weights (safetensors, e.g. written by
+    ``totalreg train --archive``) for every rule that names none; None = the shipped weights. The node uses other
+    weights than the shipped ones only when this or a rule names them; every job report records their sha256."""
+
+    weights: Path | None = None
 
 
 class Rule(_Strict):
@@ -475,6 +484,7 @@ class NodeConfig(_Strict):
     web: WebSettings = Field(default_factory=WebSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     qc: QcThresholds = Field(default_factory=QcThresholds)
+    registration: NodeRegistrationSettings = Field(default_factory=NodeRegistrationSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     notifications: list[NotificationTarget] = Field(default_factory=list)
     audit: AuditSettings = Field(default_factory=AuditSettings)

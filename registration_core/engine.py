@@ -23,9 +23,10 @@ from .errors import RegistrationInputError
 from .geometry import WorkGrid, index_to_world, shrink_for
 from .instance_opt import optimise_field, resize, warp_same_grid
 from .io import check_image
-from .metrics import folding_percent, sdlogj
+from .metrics import folding_percent, jacobian_determinant_array, sdlogj
 from .network import DEFAULT_WEIGHTS, load_network
 from .preprocess import Prepared, normalise
+from .regions import REGIONS
 from .similarity import masked_ncc
 from .torchutil import (
     peak_memory_bytes,
@@ -47,13 +48,18 @@ class RegistrationResult:
     displacement: sitk vector float64 image on FIXED's exact grid, mm LPS, fixed p -> moving p + d(p) (total).
     affine: sitk.AffineTransform, fixed point -> moving point (the affine part alone).
     warped: moving resampled onto the fixed grid through ``displacement``, float32 HU, -1024 outside.
-    report: JSON-serialisable dict (stage times in s, device, peak memory in bytes, similarity, folding, ...).
+    report: JSON-serialisable dict (stage times in s, device, peak memory in bytes, similarity, folding, the
+        weights used, per-region figures, ...).
+    region_weights: the network's K soft region weights (vector float32 image, component k = region id k + 1 of
+        :mod:`registration_core.regions`, summing to 1 per voxel) on the network's grid over the fixed body box
+        (axis-aligned LPS, about ``network_spacing`` mm); None when no network ran.
     """
 
     displacement: sitk.Image
     affine: sitk.AffineTransform
     warped: sitk.Image
     report: dict = field(default_factory=dict)
+    region_weights: sitk.Image | None = None
 
 
 class _Progress:
@@ -101,17 +107,75 @@ def _affine_plausible(aff: AffineResult) -> str | None:
     return None
 
 
-def field_quality(u: torch.Tensor, aff: AffineResult, grid: WorkGrid) -> dict:
+def field_quality(u: torch.Tensor, aff: AffineResult, grid: WorkGrid,
+                  regions: tuple[np.ndarray, list[float]] | None = None) -> dict:
     """Regularity of the TOTAL mapping (affine o residual) on the working grid: ``folding_percent`` (% of voxels
     with Jacobian determinant <= 0) and ``sdlogj`` (std of log J, Learn2Reg's definition), both from
     :mod:`registration_core.metrics`. ``u``: residual field [1, 3, z, y, x] in mm (channels x, y, z, LPS) on
-    ``grid``; ``aff`` maps fixed points to moving points."""
+    ``grid``; ``aff`` maps fixed points to moving points. With ``regions`` = (region map uint8 [z, y, x] on
+    ``grid``, 0 outside the body; shares of the body per region) the result also has ``regions``
+    (:func:`region_figures`)."""
     u_np = u[0].permute(1, 2, 3, 0).double().cpu().numpy()
     pts = world_points(grid, "cpu", torch.float64).numpy()
     x = pts + u_np
     total = (x - aff.center) @ aff.matrix.T + aff.center + aff.translation - pts
+    del x, pts
     disp_img = grid.to_image(total)
-    return {"folding_percent": float(folding_percent(disp_img)), "sdlogj": float(sdlogj(disp_img))}
+    jac = jacobian_determinant_array(disp_img)
+    out = {"folding_percent": float(folding_percent(jac)), "sdlogj": float(sdlogj(disp_img))}
+    if regions is not None:
+        out["regions"] = region_figures(total, u_np @ aff.matrix.T, jac, *regions)
+    return out
+
+
+def region_maps(weights: torch.Tensor, body: torch.Tensor) -> tuple[np.ndarray, list[float]]:
+    """The network's soft region weights on the working grid: (region map uint8 [z, y, x] = argmax region id
+    1..K inside ``body``, 0 outside; share of the body per region = weights summed over body voxels / body
+    voxels, in region order, summing to 1). ``weights``: [1, K, z', y', x'] on a grid over the same box as
+    ``body`` [1, 1, z, y, x] (first/last voxel centres shared), resized trilinearly one channel at a time."""
+    shape = body.shape[-3:]
+    inside = body[0, 0] > 0
+    n_body = max(1, int(inside.sum()))
+    best = torch.full(shape, -1.0, device=body.device)
+    labels = torch.zeros(shape, dtype=torch.uint8, device=body.device)
+    shares = []
+    for k in range(weights.shape[1]):
+        wk = resize(weights[:, k:k + 1].float(), shape)[0, 0]
+        shares.append(float(wk[inside].sum()) / n_body)
+        better = wk > best
+        labels[better] = k + 1
+        best = torch.where(better, wk, best)
+    labels[~inside] = 0
+    return labels.cpu().numpy(), shares
+
+
+def region_figures(total: np.ndarray, deformable: np.ndarray, jac: np.ndarray, labels: np.ndarray,
+                   shares: list[float]) -> dict:
+    """Per-region figures of the final field, keyed by region name (:mod:`registration_core.regions`): ``id``,
+    ``title``, ``colour`` (#rrggbb, as in the QC picture), ``share_of_body`` (0..1, soft weights), ``voxels``
+    (working-grid voxels whose largest weight is the region, inside the body), ``mean_mm`` / ``p95_mm`` (magnitude of the total displacement, affine included),
+    ``deformable_mean_mm`` / ``deformable_p95_mm`` (magnitude of the non-affine part) and ``folding_percent``
+    (% of those voxels with Jacobian determinant <= 0). Arrays on one grid: ``total`` / ``deformable``
+    [z, y, x, 3] mm, ``jac`` [z, y, x], ``labels`` [z, y, x] region ids (0 = outside the body). Figures of a
+    region with no voxel are None."""
+    out = {}
+    for r, share in zip(REGIONS, shares):
+        sel = labels == r.id
+        n = int(sel.sum())
+        row = {"id": r.id, "title": r.title, "colour": "#{:02x}{:02x}{:02x}".format(*r.colour),
+               "share_of_body": round(float(share), 4), "voxels": n}
+        if n:
+            mag = np.linalg.norm(total[sel], axis=-1)
+            dmag = np.linalg.norm(deformable[sel], axis=-1)
+            row.update(mean_mm=round(float(mag.mean()), 3), p95_mm=round(float(np.percentile(mag, 95)), 3),
+                       deformable_mean_mm=round(float(dmag.mean()), 3),
+                       deformable_p95_mm=round(float(np.percentile(dmag, 95)), 3),
+                       folding_percent=round(float(100.0 * np.count_nonzero(jac[sel] <= 0) / n), 4))
+        else:
+            row.update(mean_mm=None, p95_mm=None, deformable_mean_mm=None, deformable_p95_mm=None,
+                       folding_percent=None)
+        out[r.name] = row
+    return out
 
 
 def _pick_spacing(fp: Prepared, mp: Prepared, cfg: RegistrationConfig, device) -> float:
@@ -153,6 +217,16 @@ def _load_net(cfg: RegistrationConfig, device):
         w = DEFAULT_WEIGHTS
     net = load_network(w, device)
     return net, str(w), hashlib.sha256(Path(w).read_bytes()).hexdigest()
+
+
+def weights_provenance(path: str | None, sha256: str | None) -> dict | None:
+    """The report's ``weights`` entry: ``name`` (file name), ``path``, ``sha256`` (hex of the file's bytes) and
+    ``shipped`` (True when it is the packaged default file, by content); None when no network ran."""
+    if not sha256 or not path:
+        return None
+    shipped = DEFAULT_WEIGHTS.is_file() and (Path(path).resolve() == DEFAULT_WEIGHTS.resolve() or
+                                             hashlib.sha256(DEFAULT_WEIGHTS.read_bytes()).hexdigest() == sha256)
+    return {"name": Path(path).name, "path": str(path), "sha256": sha256, "shipped": bool(shipped)}
 
 
 def register(fixed: sitk.Image, moving: sitk.Image, config: RegistrationConfig | None = None,
@@ -280,19 +354,43 @@ def resample_stage(fixed: sitk.Image, moving: sitk.Image, fp: Prepared, mp: Prep
                        ncc_identity=ncc_id, ncc_affine=ncc_aff)
 
 
-def network_stage(work: WorkingPair, cfg: RegistrationConfig, device) -> tuple[torch.Tensor | None, str,
-                                                                                     str | None]:
-    """The network's start field on the working grid: (residual [1, 3, z, y, x] in mm, channels x/y/z, or None
-    without weights; status: the weights path or why there is none; sha256 hex of the weights or None). The
-    network sees both images at ``cfg.network_spacing`` mm; its voxel displacement is scaled to mm and resized."""
+@dataclass
+class NetworkStart:
+    """Output of :func:`network_stage`: ``start`` residual [1, 3, z, y, x] in mm (channels x/y/z) on the working
+    grid, or None without weights; ``status``: the weights path or why there is none; ``sha256``: hex of the
+    weights file or None; ``weights``: the K soft region weights [1, K, z', y', x'] on the network's grid over the
+    box of ``grid`` (the working grid: same first/last voxel centres) or None."""
+
+    start: torch.Tensor | None
+    status: str
+    sha256: str | None
+    weights: torch.Tensor | None = None
+    grid: WorkGrid | None = None
+
+    def weights_image(self) -> sitk.Image | None:
+        """The region weights as a vector float32 sitk image (component k = region id k + 1) on the network's
+        grid: axis-aligned LPS, spacing per axis = extent / (n - 1) mm; None without a network."""
+        if self.weights is None:
+            return None
+        g = self.grid
+        arr = self.weights[0].permute(1, 2, 3, 0).float().cpu().numpy()  # [z, y, x, K]
+        img = sitk.GetImageFromArray(arr, isVector=True)
+        img.SetOrigin(g.origin)
+        img.SetSpacing([float(e / max(1, n - 1)) for e, n in zip(g.extent, arr.shape[:3][::-1])])
+        return img
+
+
+def network_stage(work: WorkingPair, cfg: RegistrationConfig, device) -> NetworkStart:
+    """The network's start field on the working grid and its region weights (:class:`NetworkStart`). The network
+    sees both images at ``cfg.network_spacing`` mm; its voxel displacement is scaled to mm and resized."""
     net, net_status, net_sha = _load_net(cfg, device)
-    init_u = None
-    if net is not None:
-        g4 = work.grid.resized(cfg.network_spacing)
-        with torch.no_grad():
-            disp, _, _ = net(resize(work.f, g4.shape_zyx), resize(work.m, g4.shape_zyx))
-            init_u = resize(disp * g4.spacing, work.f.shape[-3:])
-    return init_u, net_status, net_sha
+    if net is None:
+        return NetworkStart(None, net_status, net_sha)
+    g4 = work.grid.resized(cfg.network_spacing)
+    with torch.no_grad():
+        disp, weights, _ = net(resize(work.f, g4.shape_zyx), resize(work.m, g4.shape_zyx))
+        init_u = resize(disp * g4.spacing, work.f.shape[-3:])
+    return NetworkStart(init_u, net_status, net_sha, weights.float(), work.grid)
 
 
 def deformable_stage(work: WorkingPair, cfg: RegistrationConfig, init_u: torch.Tensor | None, fine_iters: int,
@@ -358,20 +456,24 @@ def _register(fixed, moving, cfg: RegistrationConfig, progress: bool, device, t_
         with stage("resample", "resample"):          # working grid; moving resampled through the affine
             work = resample_stage(fixed, moving, fp, mp, aff, cfg, device)
         with stage("network", "network"):            # skipped without weights
-            init_u, report["network"], report["network_sha256"] = network_stage(work, cfg, device)
+            net_out = network_stage(work, cfg, device)
+        report["network"], report["network_sha256"] = net_out.status, net_out.sha256
+        report["weights"] = weights_provenance(net_out.status, net_out.sha256)
         bar.update(1)
         with stage("instance_optimisation", "optimise"):
-            u, info = deformable_stage(work, cfg, init_u, fine_iters, level_iters, device, progress=bar)
+            u, info = deformable_stage(work, cfg, net_out.start, fine_iters, level_iters, device, progress=bar)
         with torch.no_grad():
             ncc_final = masked_ncc(work.f, warp_same_grid(work.m, u, work.grid), work.body * work.valid)
+            regions = region_maps(net_out.weights, work.body) if net_out.weights is not None else None
         grid, s0, ncc_id, ncc_aff = work.grid, work.spacing, work.ncc_identity, work.ncc_affine
-        del work, init_u
+        region_img = net_out.weights_image()
+        del work, net_out
         release_free_memory()  # the optimiser's cached temporaries must not sit under the full-size outputs
         with stage("full_resolution", "full resolution"):  # total field on FIXED's exact grid + warped moving
             disp_img, warped = full_field_and_warp(fixed, aff, grid, u, moving, -1024.0, device)
         bar.update(1)
-        with stage("quality"):                       # regularity of the field (working grid)
-            quality = field_quality(u, aff, grid)
+        with stage("quality"):                       # regularity of the field (working grid), per region
+            quality = field_quality(u, aff, grid, regions)
     finally:
         bar.close()
 
@@ -382,6 +484,11 @@ def _register(fixed, moving, cfg: RegistrationConfig, progress: bool, device, t_
         "similarity": {"measure": "NCC inside the fixed body (working grid, HU window normalised)",
                        "identity": ncc_id, "affine": ncc_aff, "final": ncc_final},
         "folding_percent": quality["folding_percent"], "sdlogj": quality["sdlogj"],
+        "regions": quality.get("regions"),
+        "regions_note": ("per region (argmax of the network's weights, working grid, inside the fixed body): "
+                         "share_of_body from the soft weights; displacement magnitudes in mm of the total field "
+                         "and of its non-affine part; folding_percent = % of voxels with J <= 0")
+        if quality.get("regions") else "no network: no region decomposition",
         "field_quality_grid": f"working grid {s0} mm (registration_core.metrics)",
         "working_spacing_mm": s0, "working_grid_size": list(grid.size),
         "iterations": {"affine": aff.iterations, "levels": info["levels"]},
@@ -390,4 +497,5 @@ def _register(fixed, moving, cfg: RegistrationConfig, progress: bool, device, t_
         "moving": {"size": list(moving.GetSize()), "spacing": list(moving.GetSpacing())},
         "config": cfg.to_dict(),
     })
-    return RegistrationResult(displacement=disp_img, affine=aff.to_sitk(), warped=warped, report=report)
+    return RegistrationResult(displacement=disp_img, affine=aff.to_sitk(), warped=warped, report=report,
+                              region_weights=region_img)

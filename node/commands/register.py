@@ -94,7 +94,7 @@ def run(args) -> int:
     files = []
     if not args.no_qc:
         write_qc_png(fixed, moving, res.warped, out / "qc.png", displacement=res.displacement, affine=res.affine,
-                     title=f"{Path(args.moving).name} -> {Path(args.fixed).name}")
+                     title=f"{Path(args.moving).name} -> {Path(args.fixed).name}", region_weights=res.region_weights)
         files.append("qc.png")
     if current is not None and prior is not None:
         files += [f"dicom/{n}" for n in _write_dicom(out, current, prior, res)]

@@ -61,6 +61,8 @@ class JobRow:
     has_qc_png: bool = False
     result_dir: str = ""
     sends: list[dict[str, Any]] = field(default_factory=list)
+    regions: list[dict[str, Any]] = field(default_factory=list)  # the engine's per-region figures (job page)
+    weights: dict[str, Any] = field(default_factory=dict)  # the network weights used: name, sha256, source
 
     def api(self, detail: bool = False) -> dict[str, Any]:
         """JSON-ready dict (dates ISO 8601 UTC)."""
@@ -72,7 +74,8 @@ class JobRow:
             "suspicious": self.suspicious, "qc": self.qc, "qc_problems": self.qc_problems,
         }
         if detail:
-            d.update(timings=self.timings, sends=self.sends, has_qc_png=self.has_qc_png,
+            d.update(timings=self.timings, sends=self.sends, has_qc_png=self.has_qc_png, regions=self.regions,
+                     weights=self.weights,
                      patient={"id": self.patient_id, "name": self.patient_name},
                      study={"date": self.study_date.isoformat() if self.study_date else None,
                             "description": self.study_description, "accession": self.accession})
@@ -102,10 +105,23 @@ def _row(job: Job, study: Study | None, t: QcThresholds, detail: bool = False) -
     if detail:
         row.timings = {k: float(v) for k, v in (job.timings or {}).items() if isinstance(v, (int, float))}
         row.result_dir = job.result_dir or ""
+        row.regions, row.weights = _regions_and_weights(job.qc)
         row.sends = [{"destination": s.destination, "state": s.state, "attempts": s.attempts,
                       "max_attempts": s.max_attempts, "n_files": s.n_files, "n_acknowledged": s.n_acknowledged,
                       "error": s.error, "finished_at": _iso(s.finished_at)} for s in job.sends]
     return row
+
+
+def _regions_and_weights(qc: dict | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """From a job's recorded engine report: the per-region figures as rows in region order (``name`` added;
+    registration_core.regions' names, shares 0..1, displacements in mm, folding %) and the weights entry
+    (name, sha256, shipped, source); empty where the report has none."""
+    qc = qc if isinstance(qc, dict) else {}
+    regions = qc.get("regions") if isinstance(qc.get("regions"), dict) else {}
+    rows = [dict(v, name=k) for k, v in regions.items() if isinstance(v, dict)]
+    rows.sort(key=lambda r: r.get("id") or 0)
+    weights = qc.get("weights") if isinstance(qc.get("weights"), dict) else {}
+    return rows, weights
 
 
 def list_jobs(session: Session, f: JobFilter, t: QcThresholds, *, limit: int = 50,

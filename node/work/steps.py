@@ -229,18 +229,33 @@ def read_pair(ctx: WorkerContext, job: LoadedJob, prior_series_uid: str,
     return cur_vol, prior_vol
 
 
+def weights_choice(cfg: NodeConfig, rule: Rule) -> tuple[str | None, str]:
+    """(network weights path for the engine or None = the shipped file, where the choice comes from: "rule
+    '<name>'", "node.yaml" or "shipped"). Only a rule's ``registration.weights`` or node.yaml's
+    ``registration.weights`` select other weights than the shipped ones; nothing else does."""
+    if rule.registration.weights:
+        return str(rule.registration.weights), f"rule '{rule.name}'"
+    if cfg.registration.weights:
+        return str(cfg.registration.weights), "node.yaml"
+    return None, "shipped"
+
+
 def register_pair(ctx: WorkerContext, rule: Rule, current: SeriesVolume, prior: SeriesVolume):
-    """Stage ``register``: registration_core.register(fixed=current, moving=prior) with the rule's settings."""
+    """Stage ``register``: registration_core.register(fixed=current, moving=prior) with the rule's settings and
+    the weights of :func:`weights_choice`; the report's ``weights`` entry (name, sha256) gains ``source``."""
     # reason: torch loads in ~2 s; only a worker that registers pays for it (the receiver and console never do)
     from registration_core import RegistrationConfig, RegistrationInputError, register
     with ctx.stage("register"):
         reg = rule.registration
-        rc = RegistrationConfig(device=reg.device, iterations=reg.iterations,
-                                weights=str(reg.weights) if reg.weights else None)
+        weights, source = weights_choice(ctx.cfg, rule)
+        rc = RegistrationConfig(device=reg.device, iterations=reg.iterations, weights=weights)
         try:
-            return register(fixed=current.image, moving=prior.image, config=rc)
+            res = register(fixed=current.image, moving=prior.image, config=rc)
         except RegistrationInputError as exc:
             raise JobError(f"registration refused: {exc}", retryable=False) from None
+        if isinstance(res.report.get("weights"), dict):
+            res.report["weights"]["source"] = source
+        return res
 
 
 def write_outputs(ctx: WorkerContext, rule: Rule, current: SeriesVolume, prior: SeriesVolume,
@@ -257,7 +272,7 @@ def write_outputs(ctx: WorkerContext, rule: Rule, current: SeriesVolume, prior: 
             # reason: registration_core.qc imports torch and matplotlib; loaded with the engine, never by others
             from registration_core.qc import write_qc_png
             write_qc_png(current.image, prior.image, result.warped, result_dir / "qc.png",
-                         displacement=result.displacement)
+                         displacement=result.displacement, region_weights=result.region_weights)
             qc_png = str(result_dir / "qc.png")
         except Exception as exc:  # noqa: BLE001 - the picture is a convenience, not a result
             log.warning("job %d: QC picture not written: %s", ctx.claim.job_id, exc)

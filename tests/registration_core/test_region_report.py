@@ -1,0 +1,118 @@
+"""The network's region decomposition made visible: per-region figures in the report, the region weights kept
+for the QC picture, and the weights' provenance (name, sha256) recorded."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from PIL import Image
+from test_engine_phantom import make
+
+from registration_core import RegistrationConfig, register
+from registration_core import regions as R
+from registration_core.engine import region_figures, region_maps
+from registration_core.network import DEFAULT_WEIGHTS
+from registration_core.qc import write_qc_png
+
+FAST = dict(device="cpu", working_spacing=5.0, iterations=10)
+
+
+@pytest.fixture(scope="module")
+def run():
+    fixed, _ = make()
+    t = np.array([0.0, 5.0, 0.0])
+    moving, _ = make(transform_inv=lambda q: q - t)  # fixed p <-> moving p + t
+    return fixed, moving, register(fixed, moving, RegistrationConfig(**FAST))
+
+
+def test_report_has_per_region_figures_in_range(run):
+    _, _, res = run
+    regs = res.report["regions"]
+    assert list(regs) == list(R.REGION_NAMES)
+    for name, r in regs.items():
+        assert r["id"] == R.region(name).id and r["title"] == R.region(name).title
+        assert 0.0 <= r["share_of_body"] <= 1.0
+        if r["voxels"]:
+            assert 0.0 <= r["mean_mm"] <= r["p95_mm"] < 50.0
+            assert 0.0 <= r["deformable_mean_mm"] <= r["deformable_p95_mm"] < 50.0
+            assert 0.0 <= r["folding_percent"] <= 100.0
+    assert sum(r["share_of_body"] for r in regs.values()) == pytest.approx(1.0, abs=2e-3)
+    assert sum(r["voxels"] for r in regs.values()) > 1000
+    # the 5 mm shift is the total field's magnitude in every region that holds a fair share of the body
+    big = [r for r in regs.values() if r["voxels"] > 2000]
+    assert big and all(3.0 < r["mean_mm"] < 7.0 for r in big)
+
+
+def test_report_names_the_weights_by_sha256(run):
+    w = run[2].report["weights"]
+    assert w == {"name": DEFAULT_WEIGHTS.name, "path": str(DEFAULT_WEIGHTS),
+                 "sha256": hashlib.sha256(DEFAULT_WEIGHTS.read_bytes()).hexdigest(), "shipped": True}
+
+
+def test_region_weights_image_and_qc_column(run, tmp_path):
+    fixed, moving, res = run
+    w = res.region_weights
+    assert w.GetNumberOfComponentsPerPixel() == R.N_REGIONS
+    arr = sitk.GetArrayFromImage(w)
+    assert np.allclose(arr.sum(-1), 1.0, atol=1e-4) and arr.min() >= 0
+    # the weights' grid is the fixed body box (the body plus a 15 mm margin), not some other place
+    lo = np.asarray(w.GetOrigin())
+    hi = lo + np.asarray(w.GetSpacing()) * (np.asarray(w.GetSize()) - 1)
+    f_lo = np.asarray(fixed.GetOrigin())
+    f_hi = f_lo + np.asarray(fixed.GetSpacing()) * (np.asarray(fixed.GetSize()) - 1)
+    assert np.all(lo >= f_lo - 20) and np.all(hi <= f_hi + 20) and np.all(hi - lo > 100)
+    plain = write_qc_png(fixed, moving, res.warped, tmp_path / "plain.png", displacement=res.displacement)
+    with_w = write_qc_png(fixed, moving, res.warped, tmp_path / "regions.png", displacement=res.displacement,
+                          region_weights=w)
+    w0, w1 = Image.open(plain).size[0], Image.open(with_w).size[0]
+    assert w1 > w0 * 1.1   # one more column
+
+
+def test_without_network_no_regions_and_no_weights():
+    fixed, _ = make(size=(40, 32, 36), spacing=(6.0, 6.0, 6.0))
+    res = register(fixed, fixed, RegistrationConfig(device="cpu", working_spacing=6.0, iterations=0, weights="none"))
+    assert res.region_weights is None
+    assert res.report["regions"] is None and res.report["weights"] is None
+    assert "no network" in res.report["regions_note"]
+
+
+def test_region_figures_on_a_known_field():
+    """Region 1 (thorax) moves 3 mm along x, region 3 (bones) 1 mm along z, the rest stays: per-region means,
+    p95 and shares come out exactly; a folded voxel is counted in its own region only."""
+    shape = (10, 12, 14)
+    labels = np.zeros(shape, np.uint8)
+    labels[:, :, :5] = R.THORAX.id
+    labels[:, :, 5:9] = R.BONES.id
+    labels[:, :, 9:13] = R.SOFT_TISSUE.id          # last column: outside the body (0)
+    total = np.zeros(shape + (3,))
+    total[labels == R.THORAX.id, 0] = 3.0
+    total[labels == R.BONES.id, 2] = -1.0
+    jac = np.ones(shape)
+    jac[0, 0, 6] = -0.5                              # one folded voxel in bones
+    shares = [0.4, 0.0, 0.3, 0.3]
+    out = region_figures(total, total * 0.5, jac, labels, shares)
+    assert out["thorax"]["mean_mm"] == 3.0 and out["thorax"]["p95_mm"] == 3.0
+    assert out["thorax"]["deformable_mean_mm"] == 1.5
+    assert out["bones"]["mean_mm"] == 1.0 and out["soft_tissue"]["mean_mm"] == 0.0
+    assert out["bones"]["folding_percent"] == pytest.approx(100.0 / (10 * 12 * 4), abs=1e-4)
+    assert out["thorax"]["folding_percent"] == 0.0
+    assert out["abdomen"]["voxels"] == 0 and out["abdomen"]["mean_mm"] is None
+    assert [out[n]["share_of_body"] for n in R.REGION_NAMES] == shares
+    assert out["thorax"]["colour"] == "#{:02x}{:02x}{:02x}".format(*R.THORAX.colour)
+
+
+def test_region_maps_shares_and_argmax():
+    """Weights on a coarse grid over the same box: shares are body means of the (resized) weights and the map is
+    the argmax inside the body, 0 outside."""
+    w = torch.zeros(1, 4, 4, 4, 4)
+    w[:, 0, :, :, :2] = 1.0       # x < half: thorax
+    w[:, 2, :, :, 2:] = 1.0       # x >= half: bones
+    body = torch.zeros(1, 1, 4, 4, 4)
+    body[..., 1:3, :, :] = 1.0    # two z slices
+    labels, shares = region_maps(w, body)
+    assert shares == pytest.approx([0.5, 0.0, 0.5, 0.0])
+    assert (labels[0] == 0).all() and (labels[1, :, :2] == R.THORAX.id).all()
+    assert (labels[2, :, 2:] == R.BONES.id).all()
