@@ -4,6 +4,8 @@
     totalreg train run    [--cache var/train_cache] [--out var/train_run] [--steps N] [--max-minutes M]
     totalreg train export [--checkpoint var/train_run/best.pt] [--out registration_core/weights/...]
     totalreg train eval   --weights W.safetensors   (lung pair + held-out synthetic pair, network vs affine)
+    totalreg train --archive DIR [--out W.safetensors] [--steps N] [--resume]
+                          (site adaptation: fine-tune the shipped model on the site's own CT series)
 
 See :mod:`registration_core.training.loop` for the data, loss and checkpoint design.
 """
@@ -13,10 +15,32 @@ import json
 import sys
 from pathlib import Path
 
+from dicom_io import DicomInputError, read_series
+from registration_core.training.archive import ArchiveTuning, finetune_on_archive
+
 
 def add_parser(subparsers) -> None:
     """Register `totalreg train` and its actions."""
-    p = subparsers.add_parser("train", help="train the registration network (cache / run / export / eval)")
+    p = subparsers.add_parser("train", help="train the registration network (cache / run / export / eval), or "
+                                            "fine-tune it on the site's own CT archive (--archive DIR)")
+    a = p.add_argument_group("site adaptation (no ACTION)")
+    a.add_argument("--archive", metavar="DIR", default=None,
+                   help="fine-tune the shipped model on this folder of CT series (DICOM series folders and/or "
+                        "NIfTI/MHA/NRRD files) with self-supervised pairs")
+    a.add_argument("--out", dest="archive_out", metavar="W", default="var/site_weights.safetensors",
+                   help="new weights file (default var/site_weights.safetensors; never the shipped file); "
+                        "checkpoints and cache in OUT.work/")
+    a.add_argument("--steps", dest="archive_steps", metavar="N", type=int, default=500, help="total steps (default 500)")
+    a.add_argument("--resume", dest="archive_resume", action="store_true",
+                   help="continue from the latest checkpoint (OUT.work/run/last.pt)")
+    a.add_argument("--checkpoint-every", dest="archive_checkpoint_every", type=int, default=25, metavar="K",
+                   help="write a checkpoint every K steps (default 25)")
+    a.add_argument("--variants", metavar="N", type=int, default=4, help="self-supervised pairs per volume (default 4)")
+    a.add_argument("--val-variants", metavar="N", type=int, default=1,
+                   help="held-out pairs of the first two volumes for validation (default 1; 0 for none)")
+    a.add_argument("--device", dest="archive_device", metavar="DEV", default="cpu", help="cpu or cuda (default cpu)")
+    a.add_argument("--threads", dest="archive_threads", metavar="N", type=int, default=0, help="torch CPU threads")
+    a.add_argument("--crop", dest="archive_crop", metavar="VOX", type=int, default=64, help="crop edge in 4 mm voxels")
     sub = p.add_subparsers(dest="train_action", metavar="ACTION")
 
     c = sub.add_parser("cache", help="pre-generate 4 mm training samples (.npz) from synthetic and real CTs")
@@ -72,7 +96,7 @@ def add_parser(subparsers) -> None:
     mm.add_argument("--device", default="cpu")
     mm.add_argument("--json", default=None, help="also write the result to this JSON file")
     mm.set_defaults(func=_plain_errors(run_memory))
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+    p.set_defaults(func=lambda args: _plain_errors(run_archive)(args) if args.archive else (p.print_help(), 2)[1])
 
 
 def _plain_errors(fn):
@@ -99,6 +123,25 @@ def _parse_ct(spec: str):
     if not Path(path).exists():
         raise ValueError(f"CT not found: {path}")
     return (path, labels, cmap, n)
+
+
+def run_archive(args) -> int:
+    """Site adaptation: self-supervised fine-tuning on the archive (DICOM series read here with dicom_io);
+    progress lines on stderr, the sidecar as JSON on stdout."""
+    def read_volume(folder):
+        try:
+            return read_series(folder).image
+        except DicomInputError as exc:
+            raise ValueError(f"series folder {folder}: {exc}") from None
+
+    t = ArchiveTuning(archive=args.archive, out=args.archive_out, steps=args.archive_steps,
+                      resume=args.archive_resume, checkpoint_every=args.archive_checkpoint_every,
+                      variants=args.variants, val_variants=args.val_variants, device=args.archive_device,
+                      threads=args.archive_threads, crop=args.archive_crop)
+    side = finetune_on_archive(t, read_volume=read_volume, log=lambda s: print(s, file=sys.stderr, flush=True))
+    print(json.dumps({"weights": str(args.archive_out), "sha256": side["sha256"],
+                      **side["fine_tuned_on_archive"]}, indent=1))
+    return 0
 
 
 def run_cache(args) -> int:

@@ -104,7 +104,8 @@ class TrainConfig:
     amp: "auto" (bf16 on CUDA only), "bf16" or "off"; val_every / checkpoint_every: steps; max_minutes: wall
     budget, the run saves and stops when it is spent (0 = none); schedule: "cosine" (linear warm-up over ``warmup``
     steps, then cosine decay to 2 % of ``lr`` at ``steps``) or "constant"; init: safetensors weights to start from
-    (fine-tuning); network: TotalRegNet keyword arguments (architecture); threads: torch CPU threads (0 = keep).
+    (fine-tuning); network: TotalRegNet keyword arguments (architecture); threads: torch CPU threads (0 = keep);
+    log_every: also log a progress line every this many steps (step/total, loss, elapsed, ETA; 0 = none).
     """
 
     cache: str = "var/train_cache"
@@ -124,6 +125,7 @@ class TrainConfig:
     init: str | None = None
     threads: int = 0
     progress: bool = True
+    log_every: int = 0
     measure_memory: bool = True
     network: dict = field(default_factory=lambda: {"n_regions": N_REGIONS, "channels": [16, 32, 64, 64],
                                                    "int_steps": 7, "cost_radius": [1, 2]})
@@ -440,6 +442,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         return parts
 
     t0 = time.perf_counter()
+    step0, last_parts = step, {}
     bar = None
     if cfg.progress:
         from tqdm import tqdm
@@ -474,6 +477,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 group["lr"] = lr
             parts = one_step(batch)
             step += 1
+            last_parts = parts
+            if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.steps):
+                log(progress_line(step, cfg.steps, parts["total"], elapsed0 + time.perf_counter() - t0,
+                                  (time.perf_counter() - t0) / (step - step0)))
             row = {"step": step, "time_s": round(elapsed0 + time.perf_counter() - t0, 2), "lr": round(lr, 7),
                    "sample": sample["_file"], **{k: round(v, 5) for k, v in parts.items()}}
             if step % cfg.val_every == 0:  # pick up samples a still-running cache build has added
@@ -512,4 +519,17 @@ def train(cfg: TrainConfig, log=print) -> dict:
             signal.signal(sig, h)
     return {"step": step, "best": best, "best_val": best_val, "last": str(last),
             "best_checkpoint": str(out / "best.pt") if (out / "best.pt").is_file() else None,
-            "csv": str(csv_path), "peak_memory_bytes": peak}
+            "csv": str(csv_path), "peak_memory_bytes": peak,
+            "last_loss": float(last_parts["total"]) if last_parts else None,
+            "elapsed_s": round(elapsed0 + time.perf_counter() - t0, 2)}
+
+
+def progress_line(step: int, total: int, loss: float, elapsed_s: float, s_per_step: float) -> str:
+    """'step 12/200  loss 0.4312  elapsed 0:01:05  ETA 0:17:02' (ETA = remaining steps x seconds per step of
+    this session)."""
+    def hms(t):
+        t = int(round(max(0.0, t)))
+        return f"{t // 3600}:{t // 60 % 60:02d}:{t % 60:02d}"
+
+    return (f"step {step}/{total}  loss {loss:.4f}  elapsed {hms(elapsed_s)}  "
+            f"ETA {hms((total - step) * s_per_step)}")
