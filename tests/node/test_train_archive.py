@@ -45,8 +45,8 @@ def _config(**registration):
 
 def test_archive_finetune_checkpoints_resumes_and_is_used_only_when_named(tmp_path):
     archive = tmp_path / "archive"
-    for i in range(2):   # two tiny CT series (112 x 112 x 72 mm, 2 mm voxels), two patients
-        make_series(archive / f"series{i}", size=56, n_slices=36, seed=i, patient_id=f"SITE{i}")
+    for i in range(2):   # two tiny CT series (88 x 88 x 56 mm, 2 mm voxels), two patients
+        make_series(archive / f"series{i}", size=44, n_slices=28, seed=i, patient_id=f"SITE{i}")
     out = tmp_path / "site" / "weights.safetensors"
     shipped_sha = _sha(DEFAULT_WEIGHTS)
 
