@@ -250,7 +250,10 @@ def _private_sqlite_files(path: Path) -> None:
     The index holds patient names and IDs. SQLite gives its -wal and -shm files the database file's mode.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    if not path.exists():  # never open+close an existing database file: closing ANY descriptor of it drops every
+        # POSIX lock this process holds on it (SQLite's too); another process closing its last connection may then
+        # take the file's lock, checkpoint and DELETE the live WAL under this process's connections
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
     for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         try:
             os.chmod(p, 0o600)
