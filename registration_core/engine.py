@@ -128,6 +128,21 @@ def field_quality(u: torch.Tensor, aff: AffineResult, grid: WorkGrid,
     return out
 
 
+#: HU above which a fixed voxel counts as anatomy for the region figures even outside the body mask (lungs that
+#: the field of view cuts are no axial hole, so the body mask leaves them out; outside air is about -1000 HU)
+ANATOMY_MIN_HU = -950.0
+
+
+def anatomy_mask(work: WorkingPair, window: tuple[float, float]) -> torch.Tensor:
+    """Where the region figures are taken: the fixed body mask, plus fixed voxels above :data:`ANATOMY_MIN_HU`
+    inside the fixed scan (``work.f`` is the HU-``window``-normalised fixed image, -1024 HU outside its field of
+    view); [1, 1, z, y, x] float 0/1 on the working grid."""
+    lo, hi = window
+    if lo >= ANATOMY_MIN_HU:
+        return work.body
+    return torch.maximum(work.body, (work.f > (ANATOMY_MIN_HU - lo) / (hi - lo)).to(work.body.dtype))
+
+
 def region_maps(weights: torch.Tensor, body: torch.Tensor) -> tuple[np.ndarray, list[float]]:
     """The network's soft region weights on the working grid: (region map uint8 [z, y, x] = argmax region id
     1..K inside ``body``, 0 outside; share of the body per region = weights summed over body voxels / body
@@ -464,7 +479,8 @@ def _register(fixed, moving, cfg: RegistrationConfig, progress: bool, device, t_
             u, info = deformable_stage(work, cfg, net_out.start, fine_iters, level_iters, device, progress=bar)
         with torch.no_grad():
             ncc_final = masked_ncc(work.f, warp_same_grid(work.m, u, work.grid), work.body * work.valid)
-            regions = region_maps(net_out.weights, work.body) if net_out.weights is not None else None
+            regions = (region_maps(net_out.weights, anatomy_mask(work, cfg.hu_window))
+                       if net_out.weights is not None else None)
         grid, s0, ncc_id, ncc_aff = work.grid, work.spacing, work.ncc_identity, work.ncc_affine
         region_img = net_out.weights_image()
         del work, net_out
@@ -485,7 +501,8 @@ def _register(fixed, moving, cfg: RegistrationConfig, progress: bool, device, t_
                        "identity": ncc_id, "affine": ncc_aff, "final": ncc_final},
         "folding_percent": quality["folding_percent"], "sdlogj": quality["sdlogj"],
         "regions": quality.get("regions"),
-        "regions_note": ("per region (argmax of the network's weights, working grid, inside the fixed body): "
+        "regions_note": ("per region (argmax of the network's weights, working grid, inside the fixed body or "
+                         "above -950 HU in the fixed scan, so that lungs cut by the field of view count): "
                          "share_of_body from the soft weights; displacement magnitudes in mm of the total field "
                          "and of its non-affine part; folding_percent = % of voxels with J <= 0")
         if quality.get("regions") else "no network: no region decomposition",

@@ -116,3 +116,23 @@ def test_region_maps_shares_and_argmax():
     assert shares == pytest.approx([0.5, 0.0, 0.5, 0.0])
     assert (labels[0] == 0).all() and (labels[1, :, :2] == R.THORAX.id).all()
     assert (labels[2, :, 2:] == R.BONES.id).all()
+
+
+def test_lungs_cut_by_the_field_of_view_count_as_anatomy():
+    """A lung (-850 HU) that touches the scan's edge is no axial hole, so the body mask leaves it out; the region
+    figures still count it, but not the outside air (-1000 HU) nor beyond the scan (-1024 HU)."""
+    from types import SimpleNamespace
+
+    from registration_core.engine import anatomy_mask
+    from registration_core.preprocess import normalise
+
+    hu = np.full((6, 8, 10), -1000.0, np.float32)
+    hu[:, :, 6:] = -850.0                           # lung at the edge
+    hu[:, :, 3:6] = 40.0                            # tissue
+    hu[:, :, :1] = -1024.0                          # beyond the scan
+    body = np.zeros(hu.shape, np.float32)
+    body[:, :, 3:6] = 1.0
+    work = SimpleNamespace(f=torch.as_tensor(normalise(hu, (-1000.0, 1000.0)))[None, None],
+                           body=torch.as_tensor(body)[None, None])
+    m = anatomy_mask(work, (-1000.0, 1000.0))[0, 0].numpy()
+    assert (m[:, :, 3:] == 1).all() and (m[:, :, :3] == 0).all()
