@@ -115,25 +115,30 @@ def protected_study_ids(session: Session, cfg, now: _dt.datetime) -> tuple[set[s
 
 def _study_candidates(session: Session, cfg, now: _dt.datetime, before: _dt.datetime | None,
                       origin: str | None) -> Iterator[Study]:
-    """Eligible studies (complete or route_failed, no follow-up pending, quiet), oldest first, page by page."""
-    quiet = now - _dt.timedelta(seconds=cfg.completion.quiet_seconds)
-    last_at, last_id = None, 0
+    """Eligible studies (complete or route_failed, no follow-up pending, quiet), oldest first, page by page.
+
+    Each page is a range scan of the ``last_received_at`` index; the other conditions are checked here (a filter on
+    ``state`` in SQL made SQLite use the state index and sort the whole table for every page: 0.9 s per page
+    at 200,000 studies)."""
+    cutoff = now - _dt.timedelta(seconds=cfg.completion.quiet_seconds)
+    if before is not None:
+        cutoff = min(cutoff, before)
+    last_at, seen_at_last = None, set()
     while True:
-        q = (select(Study).where(Study.state.in_((STUDY_COMPLETE, STUDY_ROUTE_FAILED)),
-                                 Study.follow_up_pending == False, Study.n_instances > 0,  # noqa: E712
-                                 Study.last_received_at <= (min(quiet, before) if before else quiet)))
-        if origin == "retrieved":
-            q = q.where(Study.origin == "retrieved")
-        elif origin == "received":
-            q = q.where(Study.origin != "retrieved")
+        q = select(Study).where(Study.last_received_at <= cutoff)
         if last_at is not None:
-            q = q.where(or_(Study.last_received_at > last_at,
-                            (Study.last_received_at == last_at) & (Study.id > last_id)))
-        page = session.scalars(q.order_by(Study.last_received_at, Study.id).limit(PAGE)).all()
-        if not page:
+            q = q.where(Study.last_received_at >= last_at)
+        rows = session.scalars(q.order_by(Study.last_received_at, Study.id).limit(PAGE)).all()
+        rows = [st for st in rows if not (st.last_received_at == last_at and st.id in seen_at_last)]
+        if not rows:
             return
-        yield from page
-        last_at, last_id = page[-1].last_received_at, page[-1].id
+        for st in rows:
+            if st.last_received_at != last_at:
+                last_at, seen_at_last = st.last_received_at, set()
+            seen_at_last.add(st.id)
+            if (st.state in (STUDY_COMPLETE, STUDY_ROUTE_FAILED) and not st.follow_up_pending and st.n_instances > 0
+                    and (origin is None or (st.origin == "retrieved") == (origin == "retrieved"))):
+                yield st
 
 
 def _undelivered():
@@ -149,8 +154,9 @@ def _results_candidates(session: Session, before: _dt.datetime | None) -> Iterat
         if before is not None:
             q = q.where(Job.finished_at <= before)
         if last_at is not None:
-            q = q.where(or_(Job.finished_at > last_at, (Job.finished_at == last_at) & (Job.id > last_id)))
-        page = session.scalars(q.order_by(Job.finished_at, Job.id).limit(PAGE)).all()
+            q = q.where(Job.finished_at >= last_at)
+        page = [j for j in session.scalars(q.order_by(Job.finished_at, Job.id).limit(PAGE)).all()
+                if last_at is None or j.finished_at > last_at or j.id > last_id]
         if not page:
             return
         yield from page
