@@ -34,3 +34,6 @@ for label, hi, lo in (("2 TB of 4 TB, below the high mark", "90%", "80%"), ("2 T
     cfg.retention.high_watermark, cfg.retention.low_watermark = hi, lo
     t0 = time.perf_counter(); r = purge(db, cfg, dry_run=True, sizes=sizes); t = time.perf_counter() - t0
     print(f"dry run, {label}: {t*1000:.0f} ms, {len(r.plan.items)} items, {r.plan.bytes/1e9:.0f} GB, protected {r.plan.protected_studies}")
+db.dispose()
+import shutil  # noqa: E402
+shutil.rmtree(tmp)
