@@ -12,16 +12,19 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
 from conftest import ROOT, make_series
+from PIL import Image
 
 from dicom_io import read_series
 from node.config import parse_config
-from node.work.steps import WorkerContext, register_pair, weights_choice
+from node.work.steps import WorkerContext, register_pair, weights_choice, write_outputs
 from registration_core.network import DEFAULT_WEIGHTS, load_network
+from registration_core.qc import write_qc_png
 from registration_core.training.archive import check_out_path
 
 
@@ -45,8 +48,8 @@ def _config(**registration):
 
 def test_archive_finetune_checkpoints_resumes_and_is_used_only_when_named(tmp_path):
     archive = tmp_path / "archive"
-    for i in range(2):   # two tiny CT series (88 x 88 x 56 mm, 2 mm voxels), two patients
-        make_series(archive / f"series{i}", size=44, n_slices=28, seed=i, patient_id=f"SITE{i}")
+    for i in range(2):   # two tiny CT series (88 x 88 x 56 mm, 2 mm voxels)
+        make_series(archive / f"series{i}", size=44, n_slices=28, seed=i, patient_id="SITE0001")
     out = tmp_path / "site" / "weights.safetensors"
     shipped_sha = _sha(DEFAULT_WEIGHTS)
 
@@ -85,9 +88,18 @@ def test_archive_finetune_checkpoints_resumes_and_is_used_only_when_named(tmp_pa
         rule = cfg.rules[0].model_copy(update={"registration": cfg.rules[0].registration.model_copy(
             update={"iterations": 0, "device": "cpu"})})
         ctx = WorkerContext(cfg=cfg, db=None, spool=None, claim=None)
-        w = register_pair(ctx, rule, cur, prior).report["weights"]
+        res = register_pair(ctx, rule, cur, prior)
+        w = res.report["weights"]
         assert w["sha256"] == want_sha and w["source"] == source, w
         assert w["shipped"] is (source == "shipped") and w["name"] == Path(w["path"]).name
+        assert set(res.report["regions"]) == {"thorax", "abdomen", "bones", "soft_tissue"}
+
+    # the worker's QC picture has the region-weight column (wider than the picture without it)
+    cfg = cfg.model_copy(update={"node": cfg.node.model_copy(update={"data_dir": tmp_path / "var"})})
+    ctx = WorkerContext(cfg=cfg, db=None, spool=None, claim=SimpleNamespace(job_id=7))
+    _, files, qc_png = write_outputs(ctx, rule, cur, prior, res)
+    plain = write_qc_png(cur.image, prior.image, res.warped, tmp_path / "plain.png", displacement=res.displacement)
+    assert files and Image.open(qc_png).size[0] > Image.open(plain).size[0] * 1.1
 
 
 def test_archive_refuses_to_write_over_the_shipped_weights(tmp_path):
