@@ -24,6 +24,7 @@ from node.retention.runner import Retention
 from node.route.assembly import Assembler
 from node.store.db import Database, open_database
 from node.store.queue import release_owned, requeue_orphans, worker_name
+from node.web.system import check_peer
 from node.work.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,8 @@ class NodeService:
                 self._thread("retention", self.retention.run)
             # job outcomes and node health -> webhooks
             self._thread("notify", Notifier(self.cfg, self.db, poll_s=max(self.poll_s, 1.0)).run)
-            self._thread("health", HealthWatch(self.cfg, self.db, receiver_alive=self.receiver_alive).run)
+            self._thread("health", HealthWatch(self.cfg, self.db, echo=self._echo_pacs,
+                                               receiver_alive=self.receiver_alive).run)
             if self.cfg.audit.syslog_host:  # the audit trail to a syslog collector (ATNA, RFC 5424)
                 self._thread("audit-syslog", SyslogForwarder(self.cfg, self.db).run)
         for i in range(self.n_workers):
@@ -149,6 +151,11 @@ class NodeService:
         """True while this process listens and every receiver child process runs (reported by /healthz)."""
         rcv, kids = self.receiver, self.receiver_children
         return rcv is not None and rcv.server is not None and (kids is None or kids.alive())
+
+    def _echo_pacs(self, name: str) -> tuple[bool, str]:
+        """C-ECHO (or the DICOMweb check) of the configured PACS ``name`` for the health watch: (ok, message)."""
+        c = check_peer(self.cfg, "pacs", name, timeout_s=10.0)
+        return c.ok, c.message
 
     def _start_web(self) -> None:
         # reason: FastAPI, Starlette and Jinja2 load only in a process that serves the console (not in workers)

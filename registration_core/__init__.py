@@ -52,8 +52,28 @@ On CPU, :func:`torchutil.tune_allocator` makes glibc keep freed tensor memory (b
 32 MB is a fresh mmap, page-faulted and zeroed again): together with the window sums above this halved the
 whole-body registration (~512x512x500 fixed, 2 cores: 135 s -> 75 s end to end, ``bench/accuracy/wholebody.py``).
 """
-from .config import RegistrationConfig
-from .engine import RegistrationResult, register
-from .errors import RegistrationInputError
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import RegistrationConfig
+    from .engine import RegistrationResult, register
+    from .errors import RegistrationInputError
+
+#: public name -> the submodule defining it; loaded on first use (PEP 562), so that ``registration_core.metrics``
+#: or ``registration_core.synthetic`` do not load torch through the engine
+_HOME = {"register": "engine", "RegistrationResult": "engine", "RegistrationConfig": "config",
+         "RegistrationInputError": "errors"}
 
 __all__ = ["register", "RegistrationResult", "RegistrationConfig", "RegistrationInputError"]
+
+
+def __getattr__(name: str):
+    """Load the submodule that defines a public name on first use."""
+    if name in _HOME:
+        value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,6 +21,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import RegistrationConfig, register
+from .metrics import dice
+from .synthetic import make_longitudinal_pair
+from .warp import warp_labels
 
 SHARED = Path(os.environ.get("TOTALREG_SHARED_CT", Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"))
 
@@ -45,9 +48,6 @@ def _run(fixed, moving, cfg, fixed_pts=None, moving_pts=None, fixed_labels=None,
         out["tre_affine"] = _tre(res.affine, fixed_pts, moving_pts)
         out["tre"] = _tre(sitk.DisplacementFieldTransform(sitk.Image(res.displacement)), fixed_pts, moving_pts)
     if fixed_labels is not None:
-        from .metrics import dice
-        from .warp import warp_labels
-
         warped = warp_labels(moving_labels, res.displacement)
         aff = sitk.Resample(moving_labels, fixed_labels, res.affine, sitk.sitkNearestNeighbor, 0)
         out["dice"] = float(dice(fixed_labels, warped)["mean"])
@@ -91,8 +91,6 @@ def abdomen(cfg, seed: int = 0) -> dict:
 
 def phantom(cfg, seed: int = 0) -> dict:
     """Colleague's synthetic longitudinal pair (breathing, organ shifts, table shift, rotation): TRE + Dice."""
-    from .synthetic import make_longitudinal_pair
-
     s = make_longitudinal_pair(seed, spacing=3.0)
     return _run(s.fixed, s.moving, cfg, s.landmarks[0], s.landmarks[1], s.fixed_labels, s.moving_labels)
 
@@ -101,8 +99,6 @@ def make_wholebody(out: Path, seed: int = 0) -> None:
     """Write a whole-body-sized pair: fixed 510x510x498 @ 0.8x0.8x1.0 mm, moving 480x480x339 @ 0.85x0.85x1.25 mm
     (synthetic longitudinal pair rendered at 2.5 mm, then upsampled linearly; the prior's 422 mm field of view is
     that of the rendered prior, not padded with air), int16 NIfTI, plus landmarks.csv (100 exact pairs)."""
-    from .synthetic import make_longitudinal_pair
-
     out.mkdir(parents=True, exist_ok=True)
     s = make_longitudinal_pair(seed, spacing=2.5, fov_mm=(410.0, 410.0, 500.0), moving_spacing=(2.5, 2.5, 2.5))
     for img, size, sp, name in ((s.fixed, (512, 512, 500), (0.8, 0.8, 1.0), "fixed.nii.gz"),

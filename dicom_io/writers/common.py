@@ -12,6 +12,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
 
+from ..errors import DicomInputError
 from ..reader import SeriesVolume
 
 MANUFACTURER = "TotalRegistrator Node"
@@ -114,8 +115,6 @@ def common_instance_reference(ds: Dataset, current: SeriesVolume, others: list[S
 
 def check_same_patient(current: SeriesVolume, prior: SeriesVolume) -> None:
     """Refuse to build results across patients: PatientID must match, and PatientBirthDate when both have one."""
-    from ..errors import DicomInputError
-
     if current.patient_id != prior.patient_id:
         raise DicomInputError(f"prior series {prior.series_uid} belongs to patient {prior.patient_id!r}, the current "
                               f"series to {current.patient_id!r}: refusing a wrong-patient result")

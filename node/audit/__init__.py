@@ -2,15 +2,15 @@
 
 Call :func:`record` for anything a person (or the node for them) does that must be accounted for; the web console
 records every request to a job, a patient's data, rules, users, tokens and settings by itself
-(:mod:`node.audit.middleware`). Other stages call it directly, e.g. retention (H18c)::
+(:mod:`node.web.audit_middleware`). Other stages call it directly, e.g. retention (H18c)::
 
     from node import audit
     with db.session() as s:
         audit.record(s, "purge", actor="node", via="node", object_type="retention",
                      object_id="received", detail="12 studies, 3.1 GB older than 30 days")
 
-This ``__init__`` imports only the model module (which :mod:`node.store.db` imports itself), so any stage can
-import it.
+The table is the store's (:mod:`node.store.audit_log`); this package sits just above the store, so any stage
+above it (retention, the console, the commands) can import it.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from node.audit.models import AuditAppendOnly, AuditRecord  # noqa: F401 - re-exported
+from node.store.audit_log import AuditAppendOnly, AuditRecord  # noqa: F401 - re-exported
 
 #: outcomes of an audited action
 SUCCESS, DENIED, NOT_FOUND, ERROR = "success", "denied", "not_found", "error"

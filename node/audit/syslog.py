@@ -23,7 +23,7 @@ from xml.etree import ElementTree as ET
 
 from sqlalchemy import select
 
-from node.audit.models import AuditRecord
+from node.store.audit_log import AuditRecord
 
 log = logging.getLogger(__name__)
 FACILITY = 10  # security/authorization messages (DICOM PS3.15 A.5.2)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import sys
 
+from node import audit
 from node.config import ConfigError, load_config
+from node.store.db import open_database
 
 
 def add_parser(subparsers) -> None:
@@ -32,14 +34,12 @@ def _when(value: str | None, name: str) -> dt.datetime | None:
 
 def export(db, since: dt.datetime | None = None, until: dt.datetime | None = None):
     """The records of ``db`` (a node.store.db.Database) as JSON-lines strings (no newline), oldest first."""
-    from node import audit
     with db.session() as s:
         yield from audit.export_lines(s, since=since, until=until)
 
 
 def run(args) -> int:
     """Print the records; returns 0."""
-    from node.store.db import open_database
     since, until = _when(args.since, "since"), _when(args.until, "until")
     db = open_database(load_config(args.config))
     try:

@@ -11,6 +11,8 @@ difference between the models and a database at head; review and commit it with 
 from __future__ import annotations
 
 from node.config import ConfigError, load_config
+from node.store import migrate
+from node.store.engine import make_engine
 
 
 def add_parser(subparsers) -> None:
@@ -40,13 +42,10 @@ def _url(args) -> str:
 
 def run(args) -> int:
     """Run `db upgrade`, `db current` or `db revision`; returns the exit status."""
-    from node.store import migrate
-
     if args.db_command == "revision":
         path = migrate.new_revision(args.message, autogenerate=not args.empty)
         print(f"wrote {path}: review it, then commit it with the model change")
         return 0
-    from node.store.db import make_engine
     url = _url(args)
     engine = make_engine(url)
     try:

@@ -31,6 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
+
+from dicom_io.synthetic_series import write_ct_series
+from dicom_io.writers.dsr import DSR_SOP_CLASS
+from node.config import load_config
+from node.net import dimse
+from node.store.db import JOB_RUNNING, JOB_TERMINAL, SEND_DEAD, SEND_DONE, Database, Job, Send, Study
+from node.web.viewer import field_from_dsr
+from registration_core.synthetic import make_longitudinal_pair, make_phantom
 
 ORTHANC_BIN = Path("/usr/sbin/Orthanc")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -140,8 +149,6 @@ class NodeProcess:
 
     def start(self, timeout_s: float = 60.0) -> "NodeProcess":
         """Start the node and wait for its DICOM listener."""
-        from node.net import dimse
-
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-P", "-m", "node.cli", "serve", "--config",
@@ -193,31 +200,13 @@ def synthetic_pair_with_truth(spacing_mm: float = 4.0, seed: int = 7, realistic:
     """Like :func:`synthetic_pair`, plus the exact ground truth as landmarks ``(current_points, prior_points)``,
     (N, 3) arrays in LPS mm: the generator's landmarks, or (rigid fallback) up to 100 body voxels of the current
     scan and where the rigid motion puts them in the prior."""
-    import SimpleITK as sitk
-
-    make_longitudinal_pair = None
-    if realistic:
-        try:
-            from registration_core.synthetic import make_longitudinal_pair  # type: ignore[attr-defined]
-        except ImportError:
-            pass
     fov = tuple(float(v) for v in fov_mm)  # x, y, z extent in mm (chest to pelvis at the default)
-    if make_longitudinal_pair is not None:
-        try:
-            # a follow-up as a demo should show it: breathing and organ shift, a modest table shift and rotation
-            pair = make_longitudinal_pair(phantom=seed, spacing=spacing_mm, fov_mm=fov, max_shift_mm=25.0,
-                                          max_rot_deg=5.0, moving_fov_scale=0.95)
-            fixed = getattr(pair, "fixed", None)
-            moving = getattr(pair, "moving", None)
-            if fixed is None and isinstance(pair, tuple):
-                fixed, moving = pair[0], pair[1]
-            if fixed is not None and moving is not None:
-                lm = getattr(pair, "landmarks", None)
-                return fixed, moving, (np.asarray(lm[0], float), np.asarray(lm[1], float)) if lm else None
-        except TypeError:
-            pass
-    from registration_core.synthetic import make_phantom
-
+    if realistic:
+        # a follow-up as a demo should show it: breathing and organ shift, a modest table shift and rotation
+        pair = make_longitudinal_pair(phantom=seed, spacing=spacing_mm, fov_mm=fov, max_shift_mm=25.0,
+                                      max_rot_deg=5.0, moving_fov_scale=0.95)
+        lm = pair.landmarks
+        return pair.fixed, pair.moving, (np.asarray(lm[0], float), np.asarray(lm[1], float)) if lm else None
     current, _, _ = make_phantom(spacing=spacing_mm, seed=seed, fov_mm=fov)
     t = sitk.Euler3DTransform()
     t.SetCenter((0.0, 0.0, 0.0))
@@ -238,7 +227,6 @@ def write_demo_studies(folder: Path, spacing_mm: float = 4.0, patient_id: str = 
     """Write the prior (2023-01-05) and current (2024-03-10) studies as DICOM CT series under ``folder``."""
     from pydicom.uid import generate_uid
 
-    from dicom_io.synthetic_series import write_ct_series
 
     current, prior, landmarks = synthetic_pair_with_truth(spacing_mm, seed, realistic=realistic, fov_mm=fov_mm)
     prior_uid, current_uid = generate_uid(), generate_uid()
@@ -258,11 +246,8 @@ def landmark_errors(result_dir: Path, landmarks: tuple[np.ndarray, np.ndarray]) 
     Before: |p - q| (the scans as they are; p in the current scan, q the same anatomy in the prior, LPS mm). After:
     |p + d(p) - q| with d the delivered DSR's field (current point -> prior point, LPS mm, linear between its grid
     points). None when the job wrote no DSR."""
-    import SimpleITK as sitk
     from pydicom import dcmread
 
-    from dicom_io.writers.dsr import DSR_SOP_CLASS
-    from node.web.viewer import field_from_dsr
 
     for f in sorted((Path(result_dir) / "dicom").glob("*.dcm")):
         if str(dcmread(f, stop_before_pixels=True).get("SOPClassUID", "")) == DSR_SOP_CLASS:
@@ -320,7 +305,6 @@ def progress_of(session, study_uid: str) -> dict:
     "detail": text}``; step = number of :data:`STAGES` finished (4: all results delivered or given up)."""
     from sqlalchemy import select
 
-    from node.store.db import JOB_RUNNING, JOB_TERMINAL, SEND_DEAD, SEND_DONE, Job, Send, Study
 
     def at(step: int, detail: str = "", within: float = 0.0) -> dict:
         stage = STAGES[step] if step < len(STAGES) else "finished"
@@ -398,7 +382,6 @@ def wait_for_delivery(db_url: str, study_uid: str, timeout_s: float, proc: subpr
     Returns a dict with the first job's id, state, outcome, reason, result_dir, qc_png, timings and the sends."""
     from sqlalchemy import select
 
-    from node.store.db import JOB_TERMINAL, SEND_DEAD, SEND_DONE, Database, Job, Send
 
     db = Database(db_url, create=False)
     try:
@@ -432,8 +415,6 @@ def wait_for_delivery(db_url: str, study_uid: str, timeout_s: float, proc: subpr
 def run(args) -> int:
     """Run the demo; returns 0 when the results were delivered."""
     import logging
-
-    from node.net import dimse
 
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -470,8 +451,6 @@ def run(args) -> int:
         dimse.store(peer, "DEMOSCU", studies.current_files)
         t_sent = time.monotonic()
         print("demo: both studies sent over DICOM; waiting for the quiet period, registration and delivery ...")
-        from node.config import load_config
-
         db_url = load_config(cfg_path).node.database_url()
         bar = ProgressLine()
         try:

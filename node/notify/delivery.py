@@ -42,8 +42,10 @@ from pathlib import Path
 import httpx
 from sqlalchemy import delete, select, update
 
-from node.notify.models import DELIVERED, FAILED, PENDING, NotifyDelivery, NotifyEvent, add_node_event
+from node.store.notify_outbox import DELIVERED, FAILED, PENDING, NotifyDelivery, NotifyEvent, add_node_event
+from node.ops.disk import disk
 from node.store.base import utcnow
+from node.store.db import Job, Study
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER, TIMESTAMP_HEADER = "X-TotalReg-Signature", "X-TotalReg-Timestamp"
@@ -77,7 +79,6 @@ def verify(secret: str | bytes, timestamp: str | None, body: bytes, signature: s
 
 def _patient(session, study_uid: str) -> dict:
     """Patient and study attributes of a study (for targets with include_phi only)."""
-    from node.store.db import Study
     st = session.scalar(select(Study).where(Study.study_uid == study_uid)) if study_uid else None
     if st is None:
         return {}
@@ -92,7 +93,6 @@ def scrub_payload(session, ev: NotifyEvent) -> dict:
     characters), birth dates and accession numbers of the job's current and prior studies replaced by
     ``<patient>`` in every text value — a job's error and reason are kept verbatim in the database and may quote
     them (e.g. "two different patients")."""
-    from node.store.db import Job, Study
     payload = dict(ev.payload or {})
     uids = {ev.study_uid}
     if ev.job_id is not None:
@@ -328,20 +328,16 @@ class HealthWatch:
     / ``node.receiver_up``). These are the checks /healthz and the dashboard show. A check that is bad at the
     first look raises its event; one that is fine at the first look does not."""
 
-    def __init__(self, cfg, db, *, receiver_alive: Callable[[], bool] | None = None, interval_s: float = 60.0,
-                 echo: Callable[[str], tuple[bool, str]] | None = None):
+    def __init__(self, cfg, db, *, echo: Callable[[str], tuple[bool, str]],
+                 receiver_alive: Callable[[], bool] | None = None, interval_s: float = 60.0):
+        """``echo(name) -> (ok, message)`` checks the configured PACS ``name`` now (the composition root passes
+        the console's peer check, :func:`node.web.system.check_peer`); ``interval_s`` in seconds."""
         self.cfg, self.db, self.receiver_alive, self.interval_s = cfg, db, receiver_alive, interval_s
-        self._echo = echo or self._echo_pacs
+        self._echo = echo
         self.state: dict[str, bool] = {}
-
-    def _echo_pacs(self, name: str) -> tuple[bool, str]:
-        from node.web.system import check_peer
-        c = check_peer(self.cfg, "pacs", name, timeout_s=10.0)
-        return c.ok, c.message
 
     def checks(self) -> dict[str, tuple[str, bool, str, dict]]:
         """Current results: key -> (event group, ok, message, facts)."""
-        from node.web.system import disk
         out: dict[str, tuple[str, bool, str, dict]] = {}
         d = disk(Path(self.cfg.node.data_dir))
         need = self.cfg.node.min_free_disk_mb * 1024 * 1024

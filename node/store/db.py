@@ -30,23 +30,21 @@ WAL journal, 30 s busy timeout); on PostgreSQL claims use ``SELECT ... FOR UPDAT
 """
 from __future__ import annotations
 
-import os
-
 import datetime as _dt
 import threading
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Iterator
 
 from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text,
-                        UniqueConstraint, create_engine, event)
-from sqlalchemy.engine import Engine, make_url
+                        UniqueConstraint)
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship, sessionmaker
 
 from node.store import console as _console  # noqa: F401 - the console's tables on the same Base, made by create_all
-from node.audit import models as _audit  # noqa: F401,E402 - audit_log (append-only) on the same Base
-from node.notify import models as _notify  # noqa: F401,E402 - the notification outbox on the same Base
+from node.store import audit_log as _audit  # noqa: F401 - audit_log (append-only) on the same Base
+from node.store import notify_outbox as _notify  # noqa: F401 - the notification outbox (and its job hook) on the same Base
 from node.store.base import Base, utcnow
+from node.store.engine import make_engine  # noqa: F401 - re-exported (the stages' and tests' name for it)
+from node.store.migrate import upgrade
 from node.store.states import JOB_STATES, JOB_TERMINAL, SEND_STATES, STUDY_STATES  # noqa: F401 - re-exported
 from node.store.states import JobOutcome, JobState, SendState, StudyState
 
@@ -244,59 +242,6 @@ def add_event(session: Session, message: str, *, kind: str = "node", level: str 
 
 # ------------------------------------------------------------------------------------------------------- engine
 
-def _private_sqlite_files(path: Path) -> None:
-    """Create the SQLite file owner-only (0600) before SQLite opens it; tighten existing ones.
-
-    The index holds patient names and IDs. SQLite gives its -wal and -shm files the database file's mode.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():  # never open+close an existing database file: closing ANY descriptor of it drops every
-        # POSIX lock this process holds on it (SQLite's too); another process closing its last connection may then
-        # take the file's lock, checkpoint and DELETE the live WAL under this process's connections
-        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        try:
-            os.chmod(p, 0o600)
-        except FileNotFoundError:
-            pass
-
-
-def make_engine(url: str, sqlite_synchronous: str = "FULL") -> Engine:
-    """An engine for ``url`` (sqlite:///path or postgresql://...).
-
-    SQLite: WAL journal, 30 s busy timeout, ``BEGIN IMMEDIATE`` for every transaction, parent folder created;
-    ``sqlite_synchronous`` FULL (every commit fsyncs the WAL) or NORMAL (the receiver's index writer: a commit
-    survives a crash of the process but not a power loss; the spool files it indexes are fsynced and
-    :func:`node.receive.ingest.reindex_spool` re-indexes them at start-up).
-    PostgreSQL: pre-ping; pass ``?options=-csearch_path%3Dmyschema`` in the URL to use a schema.
-    """
-    u = make_url(url)
-    if u.drivername == "postgresql":  # SQLAlchemy 2.1 defaults to psycopg 3; the node ships psycopg2
-        u = u.set(drivername="postgresql+psycopg2")
-    if u.get_backend_name() == "sqlite":
-        if u.database and u.database != ":memory:":
-            _private_sqlite_files(Path(u.database))
-        sync = {"FULL": "FULL", "NORMAL": "NORMAL"}[sqlite_synchronous.upper()]
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-
-        @event.listens_for(engine, "connect")
-        def _connect(dbapi_conn, _rec):  # pragma: no cover - trivial
-            dbapi_conn.isolation_level = None  # let us emit BEGIN ourselves
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute(f"PRAGMA synchronous={sync}")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
-
-        @event.listens_for(engine, "begin")
-        def _begin(conn):  # pragma: no cover - trivial
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-        return engine
-    return create_engine(u, pool_pre_ping=True, pool_size=10, max_overflow=20)
-
-
 class Database:
     """Engine + session factory of the node database; upgrades its schema to the newest migration on first use.
 
@@ -315,7 +260,6 @@ class Database:
     def upgrade(self) -> tuple[str | None, str]:
         """Bring the schema to the newest Alembic revision (node.store.migrate.upgrade: idempotent, under a lock
         when several processes start together; a pre-migration database is stamped first); (before, after)."""
-        from node.store.migrate import upgrade
         return upgrade(self.engine)
 
     create_all = upgrade  # the name callers used before migrations

@@ -2,19 +2,22 @@
 and :mod:`node.store.study` records. The index, the prior finder, the worker and the CLI read headers through it.
 
 Text values come back stripped, multi-values joined with ``\\``; DA → ``datetime.date``; IS → ``int``; DS →
-``float``; anything empty or unparsable → None (never an exception: a header value is data, not a contract).
-The same rules as :mod:`dicom_io.values`, which it does not import: importing any dicom_io module runs
-``dicom_io/__init__`` (reader → SimpleITK, +~85 MB in every receiver process); switch once that is lazy.
+``float`` (:mod:`dicom_io.values`, the one DA/TM/DS/IS parser the writers share; ``dicom_io/__init__`` loads its
+reader lazily, so this adds no SimpleITK to the receiver processes); anything empty or unparsable → None (never an
+exception: a header value is data, not a contract).
 """
 from __future__ import annotations
 
-import datetime as _dt
 from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from dicom_io.values import parse_da, parse_ds, parse_is
 from node.store.study import PatientIdentity, SeriesSummary, StudySummary
+
+__all__ = ["parse_da", "parse_ds", "parse_is", "patient_identity", "series_summary_of", "study_summary_of",
+           "summary_from_files", "text"]
 
 
 def text(ds: Dataset, key: str) -> str:
@@ -25,33 +28,6 @@ def text(ds: Dataset, key: str) -> str:
     if isinstance(v, (list, tuple)) or v.__class__.__name__ == "MultiValue":
         v = "\\".join(str(x) for x in v)
     return str(v).strip()
-
-
-def parse_da(value) -> _dt.date | None:
-    """DICOM DA ('YYYYMMDD') → date, None when empty or invalid."""
-    s = str(value if value is not None else "").strip()
-    try:
-        return _dt.datetime.strptime(s[:8], "%Y%m%d").date() if s else None
-    except ValueError:
-        return None
-
-
-def parse_is(value) -> int | None:
-    """DICOM IS (integer string, or an int) → int, None when empty or invalid."""
-    s = str(value if value is not None else "").strip()
-    try:
-        return int(s) if s else None
-    except ValueError:
-        return None
-
-
-def parse_ds(value) -> float | None:
-    """DICOM DS (decimal string, or a number) → float, None when empty or invalid."""
-    s = str(value if value is not None else "").strip()
-    try:
-        return float(s) if s else None
-    except ValueError:
-        return None
 
 
 def patient_identity(ds: Dataset) -> PatientIdentity:

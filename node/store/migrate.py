@@ -30,6 +30,8 @@ from typing import Iterator
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection, Engine
 
+from node.store.engine import make_engine
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 VERSIONS_DIR = MIGRATIONS_DIR / "versions"
 #: the revision that stands for the schema of every release made before migrations (create_all)
@@ -43,12 +45,6 @@ _REV_ID_MAX = 32  # alembic_version.version_num is VARCHAR(32)
 log = logging.getLogger(__name__)
 if logging.getLogger("alembic").level == logging.NOTSET:  # its per-run INFO chatter; our own line says what ran
     logging.getLogger("alembic").setLevel(logging.WARNING)
-
-
-def target_metadata():
-    """``Base.metadata`` with every table of the node registered (node.store.db imports the console tables)."""
-    from node.store import db  # defines/imports every table on its Base
-    return db.Base.metadata
 
 
 def alembic_config(url: str | None = None, connection: Connection | None = None):
@@ -297,7 +293,6 @@ def new_revision(message: str, autogenerate: bool = True) -> Path:
     """Write a new revision on top of head; with ``autogenerate`` its operations are what ``Base.metadata`` has
     and a database at head lacks (compared on a scratch SQLite database). Review the file before committing it."""
     from alembic import command
-    from node.store.db import make_engine
     _script.cache_clear()
     rev_id = next_revision_id(message)
     with tempfile.TemporaryDirectory(prefix="totalreg-rev-") as tmp:

@@ -21,7 +21,8 @@ from node.route import rules_store
 from .deps import MAX_OFFSET, DbId, api_admin, api_user, ctx, db
 from .dryrun import run_dry
 from .pages import change_own_password, qc_png_path
-from .system import check_peer, compute_device, disk
+from node.ops.disk import disk
+from .system import check_peer, compute_device
 
 router = APIRouter(prefix="/api")
 

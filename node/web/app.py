@@ -23,13 +23,13 @@ from sqlalchemy.orm import Session
 from node.ops import metrics
 from node.config import NodeConfig
 
-from . import api, auth, pages, queries, viewer
+from . import api, audit, auth, pages, queries, viewer  # audit: /audit, /notifications and the audit middleware
 from . import stow
 
 from node.store import console as models
 from .deps import Context, LoginRequired
 from .sessions import ConsoleSessions
-from .system import disk
+from node.ops.disk import disk
 
 log = logging.getLogger(__name__)
 PKG = Path(__file__).resolve().parents[1]
@@ -99,8 +99,7 @@ def create_app(cfg: NodeConfig, session_factory, *, data_dir: str | Path | None 
     app.include_router(pages.router)
     app.include_router(api.router)
     app.include_router(viewer.router)
-    from node.audit import web as audit_web  # /audit, /notifications and the audit middleware
-    audit_web.install(app, cfg, new_session, data_dir)
+    audit.install(app, cfg, new_session, data_dir)
     app.include_router(stow.router)  # STOW-RS in (POST /dicom-web/studies): sender tokens, streamed size limits
 
     @app.middleware("http")

@@ -18,11 +18,13 @@ from node.store.db import JOB_STATES
 
 from . import actions, auth, queries
 
+from node.retention.runner import dashboard_view
 from node.route import rules_store
 from .deps import MAX_OFFSET, Context, DbId, ctx, db, page_admin, page_user
 from .dryrun import run_dry
 from node.store.console import ApiToken, ConsoleUser
-from .system import check_peer, compute_device, disk, peers
+from node.ops.disk import disk
+from .system import check_peer, compute_device, peers
 
 log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
@@ -147,13 +149,7 @@ def dashboard(request: Request, user: auth.Principal = Depends(page_user), sessi
     return render(request, "dashboard.html", user, nav="dashboard", ov=ov, disk=d, device=compute_device(),
                   peers=peer_rows, min_free_mb=c.cfg.node.min_free_disk_mb,
                   receiver=None if c.receiver_alive is None else bool(c.receiver_alive()),
-                  retention=_retention_view(c.data_dir))
-
-
-def _retention_view(data_dir):
-    """Disk use, its trend and the next purge (node.retention.runner.dashboard_view)."""
-    from node.retention.runner import dashboard_view
-    return dashboard_view(data_dir)
+                  retention=dashboard_view(c.data_dir))  # disk use, its trend and the next purge
 
 
 @router.post("/peers/echo")

@@ -28,7 +28,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
 from sqlalchemy.orm import Session
 
-from dicom_io.writers.dsr import DSR_SOP_CLASS
+from pydicom.uid import DeformableSpatialRegistrationStorage as DSR_SOP_CLASS  # dicom_io.writers.dsr's class
 from node.store.db import Job
 from node.store.queries import series_paths
 
@@ -112,7 +112,7 @@ def field_from_dsr(path: Path):
     import SimpleITK as sitk
     from pydicom import dcmread
 
-    from dicom_io.writers.dsr import dsr_vectors
+    from dicom_io.writers.dsr import dsr_vectors  # reason: highdicom + SimpleITK (~70 MB) only when a viewer opens
 
     vec, grid = dsr_vectors(dcmread(path))
     field = sitk.GetImageFromArray(np.asarray(vec, dtype=np.float64), isVector=True)
@@ -201,7 +201,7 @@ def build_volumes(src: JobSources) -> dict:
 def _build(src: JobSources, out: Path, dsr: Path | None, registered: list[Path], subtraction: list[Path]) -> dict:
     import SimpleITK as sitk
 
-    from dicom_io import DicomInputError, read_series
+    from dicom_io import DicomInputError, read_series  # reason: SimpleITK (~85 MB) only when a viewer opens
 
     out.mkdir(parents=True, exist_ok=True)
     files, notes, stats = {}, [], {}
@@ -226,7 +226,7 @@ def _build(src: JobSources, out: Path, dsr: Path | None, registered: list[Path],
     if prior_img is None and field is not None and current_img is not None:
         prior = read(src.prior_paths, "prior series")
         if prior is not None:
-            from registration_core.warp import warp_image
+            from registration_core.warp import warp_image  # reason: torch (~200 MB, 2 s), not in every console
             dense = sitk.Resample(field, current_img, sitk.Transform(3, sitk.sitkIdentity), sitk.sitkLinear, 0.0,
                                   sitk.sitkVectorFloat64)
             prior_img = warp_image(prior.image, dense)
@@ -247,7 +247,7 @@ def _build(src: JobSources, out: Path, dsr: Path | None, registered: list[Path],
             files[name] = f"{name}.nii.gz"
             _write_nifti(_clean_scalar(_hu(img), img, np.int16), out / files[name])
     if field is not None:
-        from registration_core.metrics import jacobian_determinant_array
+        from registration_core.metrics import jacobian_determinant_array  # reason: scipy + SimpleITK on first use
 
         vec = sitk.GetArrayViewFromImage(field)
         mag = np.sqrt((np.asarray(vec, np.float64) ** 2).sum(-1))

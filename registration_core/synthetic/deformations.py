@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
+from ..metrics import jacobian_determinant_array
 from .anatomy import Anatomy, _smoothstep
 from .phantom import LABEL_NAMES, render
 
@@ -397,8 +398,6 @@ def random_realistic_deformation(image: sitk.Image, labels: sitk.Image | None = 
     Landmarks are fixed voxel centres at label boundaries (or strong edges when no labels), q = p + d(p).
     Outside the moving field of view the fixed image is -1024 HU; ``fixed_overlap`` marks where it is defined.
     """
-    from ..metrics import jacobian_determinant_array
-
     img = source_ct(image, labels, "random_realistic_deformation")
     rng = np.random.default_rng(seed)
     ref = _ref_image(img.GetSize(), img.GetSpacing(), img.GetOrigin(), img.GetDirection())

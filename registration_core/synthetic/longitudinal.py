@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
+from ..metrics import jacobian_determinant_array
 from .deformations import (PairSample, _add_scan_noise, _affine_apply, _edge_landmarks, _euler, _field_image,
                            _grid_points, _idx_to_points, _inside_grid, _pick_landmarks, _ref_image, source_ct)
 
@@ -95,8 +96,6 @@ def longitudinal_pair(image: sitk.Image, labels: sitk.Image | None = None, seed:
     fixed p <-> moving p + d(p)); landmarks at label boundaries (or strong edges) where both scans see the tissue;
     ``info`` records every drawn parameter. Deterministic in ``seed``.
     """
-    from ..metrics import jacobian_determinant_array
-
     src = source_ct(image, labels, "longitudinal_pair")
     rng = np.random.default_rng(seed)
     size = np.array(src.GetSize())

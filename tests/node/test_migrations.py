@@ -63,13 +63,12 @@ def _schema_diff(url: str, metadata=None) -> list:
     """Alembic's autogenerate comparison of the database at ``url`` with ``metadata`` (default Base.metadata)."""
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
-    from node.store.db import make_engine
-    from node.store.migrate import target_metadata
+    from node.store.db import Base, make_engine
     eng = make_engine(url)
     try:
         with eng.connect() as c:
             mc = MigrationContext.configure(c, opts={"compare_type": True, "compare_server_default": True})
-            diff = compare_metadata(mc, metadata if metadata is not None else target_metadata())
+            diff = compare_metadata(mc, metadata if metadata is not None else Base.metadata)
             c.rollback()
     finally:
         eng.dispose()
@@ -230,12 +229,11 @@ def test_replayed_sqlite_schema_is_the_migrated_one(tmp_path):
 
 def test_schema_check_finds_a_column_without_migration(tmp_path):
     """The check above can fail: a model column that no migration made is reported."""
-    from node.store.db import Database
-    from node.store.migrate import target_metadata
+    from node.store.db import Base, Database
     url = f"sqlite:///{tmp_path / 'n.db'}"
     Database(url).dispose()
     md = sa.MetaData()
-    for t in target_metadata().sorted_tables:
+    for t in Base.metadata.sorted_tables:
         t.to_metadata(md)
     md.tables["jobs"].append_column(sa.Column("retention_class", sa.String(16), nullable=True))
     diff = _schema_diff(url, md)

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from node.config import parse_config
 from node.notify.delivery import (DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, HealthWatch,
                                   Notifier, retry_delivery, verify)
-from node.notify.models import DELIVERED, FAILED, PENDING, NotifyDelivery, NotifyEvent
+from node.store.notify_outbox import DELIVERED, FAILED, PENDING, NotifyDelivery, NotifyEvent
 from node.store import queue as jobs
 from node.store.db import Database, Study, utcnow
 from tools import free_port

@@ -11,7 +11,7 @@ from sqlalchemy import select, text
 
 from conftest import csrf_of
 from node import audit
-from node.audit.models import AuditAppendOnly, AuditRecord
+from node.store.audit_log import AuditAppendOnly, AuditRecord
 from test_web_postgres import pg_db  # noqa: F401 - fixture: the node database in a fresh PostgreSQL schema
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import ADMIN_PASSWORD, VIEWER_PASSWORD
-from node.notify.models import DELIVERED, FAILED, NotifyDelivery, NotifyEvent
+from node.store.notify_outbox import DELIVERED, FAILED, NotifyDelivery, NotifyEvent
 from test_web_browser import SHOTS, page, server  # noqa: F401 - fixtures: Chromium page, uvicorn on a free port
 
 pytestmark = pytest.mark.browser

@@ -4,7 +4,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from conftest import csrf_of
-from node.notify.models import FAILED, PENDING, NotifyDelivery, NotifyEvent
+from node.store.notify_outbox import FAILED, PENDING, NotifyDelivery, NotifyEvent
 
 
 def test_notifications_page(admin, viewer, node_db):

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from alembic import context
 
-from node.store.migrate import target_metadata
+from node.store.db import Base, make_engine  # node.store.db imports every table onto its Base
 
 config = context.config
 
 
 def _options(dialect_name: str) -> dict:
-    return {"target_metadata": target_metadata(), "render_as_batch": dialect_name == "sqlite",
+    return {"target_metadata": Base.metadata, "render_as_batch": dialect_name == "sqlite",
             "compare_type": True, "compare_server_default": True}
 
 
@@ -37,7 +37,6 @@ def run_migrations_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    from node.store.db import make_engine
     engine = make_engine(config.get_main_option("sqlalchemy.url"))
     try:
         with engine.connect() as conn:

@@ -18,6 +18,8 @@ from sqlalchemy import func, select
 
 from node import audit
 from node.store.console import ApiToken, RuleVersion
+from node.store.db import Job, Study
+from node.web import auth, security
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +85,7 @@ class _Scope(dict):
     principal = None
 
     def __setitem__(self, key, value):
-        from node.web.auth import PRINCIPAL_KEY
-        if key == PRINCIPAL_KEY and value is not None:
+        if key == auth.PRINCIPAL_KEY and value is not None:
             self.principal = value
         super().__setitem__(key, value)
 
@@ -137,7 +138,6 @@ class AuditMiddleware:
                 log.exception("audit: could not record %s %s", scope["method"], scope["path"])
 
     def _record(self, scope, what, status: int, location: str, body: bytes = b"") -> None:
-        from node.web import auth, security
         action, object_type, object_id, extra = what
         p = scope.get(auth.PRINCIPAL_KEY) or getattr(scope, "principal", None)
         headers = dict(scope.get("headers") or [])
@@ -168,7 +168,6 @@ class AuditMiddleware:
             s.commit()
 
     def _patient_of_job(self, s, job_id: int) -> str:
-        from node.store.db import Job, Study
         row = s.execute(select(Study.patient_id, Study.issuer).join(Job, Job.study_uid == Study.study_uid)
                         .where(Job.id == job_id)).first()
         return audit.patient_ref(self.key, row[0], row[1]) if row else ""

@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from node.notify.delivery import retry_delivery
-from node.notify.models import NotifyDelivery, NotifyEvent
+from node.store.notify_outbox import NotifyDelivery, NotifyEvent
 from node.web import auth
 from node.web.deps import DbId, ctx, db, page_admin
 from node.web.pages import back, flash, render

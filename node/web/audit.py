@@ -1,7 +1,7 @@
 """The console's audit pages: ``/audit`` (filter by user, action, object, date; admins only — viewers get 403),
 ``/audit/export.jsonl`` (the filtered records as JSON lines) and ``GET /api/audit`` (admin token or session).
 
-:func:`install` adds the routes and the :class:`node.audit.middleware.AuditMiddleware` to the console app.
+:func:`install` adds the routes and the :class:`node.web.audit_middleware.AuditMiddleware` to the console app.
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
 from node import audit
-from node.web import auth
+from node.web import auth, notifications
+from node.web.audit_middleware import AuditMiddleware
 from node.web.deps import MAX_ID, api_admin, db, page_admin
 from node.web.pages import render
 
@@ -74,9 +75,7 @@ def audit_api(user: str = "", action: str = "", object_id: str = "", date_from: 
 
 def install(app, cfg, new_session, data_dir: Path) -> None:
     """Add the audit routes, the notification page and the audit middleware to the console ``app``."""
-    from node.audit.middleware import AuditMiddleware
-    from node.notify import web as notify_web
     app.include_router(router)
-    app.include_router(notify_web.router)
+    app.include_router(notifications.router)
     app.add_middleware(AuditMiddleware, new_session=new_session,
                        key=auth.secret_key(cfg.web.secret_key, Path(data_dir)))
