@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from node.config import load_config
+from node.ops.backup import backup
 
 
 def add_parser(subparsers) -> None:
@@ -17,8 +18,6 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     """Make the backup and print its counts; 0 when every row's file was copied, else 1."""
-    from node.ops.backup import backup
-
     os.umask(0o077)  # the backup holds patient data: owner-only
     m = backup(load_config(args.config), args.dir)
     c = m["counts"]

@@ -5,6 +5,8 @@ Exit code 0 when they agree, 1 otherwise (see :mod:`node.retention.check`). Run 
 from __future__ import annotations
 
 from node.config import load_config
+from node.retention.check import check
+from node.store.db import open_database
 
 
 def add_parser(subparsers) -> None:
@@ -17,9 +19,6 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     """Print the report; 0 when the index and the disk agree, else 1."""
-    from node.retention.check import check
-    from node.store.db import open_database
-
     cfg = load_config(args.config)
     db = open_database(cfg)
     try:

@@ -10,6 +10,8 @@ import json
 import os
 
 from node.config import load_config
+from node.retention.purge import purge
+from node.store.db import open_database
 
 
 def add_parser(subparsers) -> None:
@@ -23,9 +25,6 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     """Plan (and unless --dry-run, run) one purge and print it; returns 0."""
-    from node.retention.purge import purge
-    from node.store.db import open_database
-
     os.umask(0o077)
     cfg = load_config(args.config)
     db = open_database(cfg)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 
 from node.config import load_config
+from node.ops.backup import restore
+from node.retention.check import check
+from node.store.db import open_database
 
 
 def add_parser(subparsers) -> None:
@@ -17,10 +20,6 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     """Restore, then run the index/disk check; 0 when it is clean."""
-    from node.ops.backup import restore
-    from node.retention.check import check
-    from node.store.db import open_database
-
     os.umask(0o077)
     cfg = load_config(args.config)
     m = restore(cfg, args.dir)

@@ -16,7 +16,12 @@ import sys
 from pathlib import Path
 
 from dicom_io import DicomInputError, read_series
+from registration_core.network import DEFAULT_WEIGHTS
 from registration_core.training.archive import ArchiveTuning, finetune_on_archive
+from registration_core.training.data import CacheSpec, build_cache
+from registration_core.training.evaluate import evaluate_weights
+from registration_core.training.loop import (TrainConfig, default_cache_spec, export_weights,
+                                             measure_training_memory, train)
 
 
 def add_parser(subparsers) -> None:
@@ -146,10 +151,6 @@ def run_archive(args) -> int:
 
 def run_cache(args) -> int:
     """Build the cache (resumes: existing samples are kept)."""
-    from dicom_io import read_series
-    from registration_core.training.loop import default_cache_spec
-    from registration_core.training.data import CacheSpec, build_cache
-
     if not args.ct and not args.pairs:
         spec = default_cache_spec()
         if args.synthetic is not None:
@@ -166,8 +167,6 @@ def run_cache(args) -> int:
 
 def run_train(args) -> int:
     """Train; prints the result as JSON."""
-    from registration_core.training.loop import TrainConfig, train
-
     cfg = TrainConfig(cache=args.cache, out=args.out, steps=args.steps, crop=args.crop, lr=args.lr,
                       schedule=args.schedule,
                       network={**TrainConfig().network, "cost_radius": list(args.cost_radius)},
@@ -182,9 +181,6 @@ def run_train(args) -> int:
 
 def run_export(args) -> int:
     """Export a checkpoint to safetensors + sidecar."""
-    from registration_core.network import DEFAULT_WEIGHTS
-    from registration_core.training.loop import export_weights
-
     if not Path(args.checkpoint).is_file():
         print(f"totalreg: error: checkpoint not found: {args.checkpoint}", file=sys.stderr)
         return 2
@@ -196,8 +192,6 @@ def run_export(args) -> int:
 
 def run_eval(args) -> int:
     """Network alone vs affine-only (and the engine's full pipeline is in bench/steps)."""
-    from registration_core.training.evaluate import evaluate_weights
-
     res = evaluate_weights(args.weights, synthetic_seeds=args.synthetic, log=lambda s: print(s, flush=True))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
@@ -207,8 +201,6 @@ def run_eval(args) -> int:
 
 def run_memory(args) -> int:
     """Peak tensor memory of one training step."""
-    from registration_core.training.loop import measure_training_memory
-
     res = measure_training_memory(args.cache, args.crop, device=args.device)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))

@@ -63,7 +63,7 @@ def pick_series(candidates: list[SeriesSummary], *, min_slices: int = 3) -> tupl
 def _select_with_dicom_io(candidates: list[SeriesSummary], min_slices: int) -> tuple[str | None, str] | None:
     if not all(s.paths for s in candidates):
         return None
-    # reason: dicom_io loads SimpleITK (~85 MB) with its package; a node process pays only once it routes a study
+    # reason: dicom_io.selection imports the reader (SimpleITK, ~85 MB); a node process pays only once it routes a study
     from dicom_io.selection import select_series
     try:
         headers = {s.series_uid: [dcmread(p, stop_before_pixels=True) for p in s.paths] for s in candidates}
