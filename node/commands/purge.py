@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 
+from node import audit
 from node.config import load_config
 from node.retention.purge import purge
 from node.store.db import open_database
@@ -29,7 +30,7 @@ def run(args) -> int:
     cfg = load_config(args.config)
     db = open_database(cfg)
     try:
-        res = purge(db, cfg, dry_run=args.dry_run)
+        res = purge(db, cfg, dry_run=args.dry_run, actor=(audit.cli_actor(), "cli"))
     finally:
         db.dispose()
     p = res.plan

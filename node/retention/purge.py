@@ -32,6 +32,7 @@ from pathlib import Path
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 
+from node import audit
 from node.ops.backup import backup_running
 from node.retention.policy import Plan, _undelivered, plan
 from node.retention.usage import ResultSizes, measure
@@ -184,8 +185,9 @@ def _delete_study_rows(s: Session, study_id: int, study_uid: str, now: _dt.datet
 
 
 def _finish(db: Database, cfg, studies: list[tuple[int, str]], results: list[tuple[int, str]],
-            res: PurgeResult, now: _dt.datetime, what: str) -> None:
-    """Steps 2 and 3 for marked studies and unhooked results, then the purge event."""
+            res: PurgeResult, now: _dt.datetime, what: str, actor: tuple[str, str] = ("node", "node")) -> None:
+    """Steps 2 and 3 for marked studies and unhooked results, then the purge event and its audit record
+    (``actor``: (who, via) as :func:`node.audit.record` takes them)."""
     spool_root, results_root = roots(cfg)
     for study_id, uid in studies:
         _delete_study_files(db, spool_root, study_id, uid)
@@ -219,19 +221,23 @@ def _finish(db: Database, cfg, studies: list[tuple[int, str]], results: list[tup
                 reasons[i.reason] = reasons.get(i.reason, 0) + 1
             u = res.plan.usage
             usage = (f"; {u.metric} usage {u.used} bytes (high {u.high_bytes}, low {u.low_bytes})" if u else "")
-            add_event(s, f"{what}: {res.summary()}; deleted {res.bytes} bytes"
-                      f"{'; reasons ' + ', '.join(f'{k} {v}' for k, v in sorted(reasons.items())) if reasons else ''}"
-                      f"{usage}", kind="retention")
+            message = (f"{what}: {res.summary()}; deleted {res.bytes} bytes"
+                       f"{'; reasons ' + ', '.join(f'{k} {v}' for k, v in sorted(reasons.items())) if reasons else ''}"
+                       f"{usage}")
+            add_event(s, message, kind="retention")
+            audit.record(s, "purge", actor=actor[0], via=actor[1], object_type="retention", object_id=what,
+                         detail=message)
 
 
 def purge(db: Database, cfg, *, dry_run: bool = False, sizes: ResultSizes | None = None,
-          now: _dt.datetime | None = None, headroom: int = 0) -> PurgeResult:
+          now: _dt.datetime | None = None, headroom: int = 0, actor: tuple[str, str] = ("node", "node")) -> PurgeResult:
     """Run one purge (or, with ``dry_run``, only plan it in the same way and roll back); see the module docstring.
     ``headroom``: bytes that may arrive before the next pass (the periodic purge passes its recent growth), so the
     usage stays under the high watermark between passes.
 
     The plan of a dry run and of a real run on the same state are the same list (same function, same transaction
-    shape)."""
+    shape). ``actor``: (who, via) of the audit record a real purge leaves: ("node", "node") for the periodic purge,
+    the operating-system user and "cli" for `totalreg purge`."""
     sizes = sizes if sizes is not None else ResultSizes()
     now = now or utcnow()
     spool_root, _ = roots(cfg)
@@ -249,7 +255,7 @@ def purge(db: Database, cfg, *, dry_run: bool = False, sizes: ResultSizes | None
             res.job_records, res.events = len(p.job_records), p.n_events
             return res
         studies, results = _mark(s, p, now, res)
-    _finish(db, cfg, studies, results, res, now, "purge")
+    _finish(db, cfg, studies, results, res, now, "purge", actor)
     sizes.forget(j for j, _ in results)
     if res.bytes or res.job_records or res.events:
         log.info("purge: %s", res.summary())

@@ -11,12 +11,14 @@ from sqlalchemy import func, select
 
 from conftest import make_series
 
+from node import audit
 from node.receive.ingest import STATUS_OK, ingest
 from node.retention import purge as purge_mod
 from node.retention.check import check
 from node.retention.purge import STUDY_PURGING, purge, repair
 from node.retention.runner import Retention, read_status
 from node.service import make_spool
+from node.store.audit_log import AuditRecord
 from node.store.db import Event, Instance, Job, Send, Series, Study, open_database, utcnow
 from node.store.queries import studies_for_patient
 
@@ -118,9 +120,14 @@ def test_age_limits_delete_files_rows_and_record_an_event(node):
     assert "1 received studies, 1 retrieved priors (6 instances" in summary[0]
     assert f"deleted {gone_bytes + 1000} bytes" in summary[0]
     assert any(m.startswith("study purged (received study, 3 instances") for m in msgs)
+    with n.db.session() as s:  # every purge is in the audit trail too: the periodic one by the node itself
+        audited = [(a.action, a.actor, a.via, a.detail) for a in s.scalars(select(AuditRecord))]
+    assert audited == [("purge", "node", "node", summary[0])]
     rep = check(n.db, n.cfg)
     assert rep.ok, rep.text()
     assert purge(n.db, n.cfg).bytes == 0  # nothing left to do
+    with n.db.session() as s:  # a pass that deletes nothing is no audit record
+        assert s.scalar(select(func.count(AuditRecord.id))) == 1
 
 
 def test_watermark_deletes_oldest_first_down_to_the_low_mark(node):
@@ -313,6 +320,9 @@ def test_purge_cli_lists_each_study_and_job_with_bytes_and_check_finds_mismatche
     assert f"deleted: 1 received studies, 0 retrieved priors (3 instances, {old_bytes} bytes), 1 job results " \
            f"(4321 bytes)" in out
     assert n.studies() == {keep}
+    with n.db.session() as s:  # `totalreg purge` is audited under the operating-system user, via the CLI
+        audited = [(a.action, a.actor, a.via) for a in s.scalars(select(AuditRecord))]
+    assert audited == [("purge", audit.cli_actor(), "cli")]
     assert main(["check", "--config", str(cfg_path)]) == 0
     assert "OK: index and disk agree" in capsys.readouterr().out
     # a file deleted behind the index's back, a stray file, a row whose size is wrong
