@@ -4,6 +4,8 @@ Below :mod:`node.store.db` and :mod:`node.store.migrate` (both build their engin
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
@@ -25,6 +27,21 @@ def _private_sqlite_files(path: Path) -> None:
             os.chmod(p, 0o600)
         except FileNotFoundError:
             pass
+
+
+def _set_wal(cur, wait_s: float = 30.0) -> None:
+    """``PRAGMA journal_mode=WAL`` on a new connection, retried while another process holds the file: switching a
+    fresh database to WAL needs an exclusive lock and SQLite can answer SQLITE_BUSY there without calling its busy
+    handler (two processes opening one new database at once: "database is locked")."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def make_engine(url: str, sqlite_synchronous: str = "FULL") -> Engine:
@@ -49,7 +66,7 @@ def make_engine(url: str, sqlite_synchronous: str = "FULL") -> Engine:
         def _connect(dbapi_conn, _rec):  # pragma: no cover - trivial
             dbapi_conn.isolation_level = None  # let us emit BEGIN ourselves
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
+            _set_wal(cur)
             cur.execute(f"PRAGMA synchronous={sync}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
