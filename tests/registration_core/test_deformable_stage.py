@@ -112,3 +112,27 @@ def test_refinement_voxel_cap_coarsens_only_the_levels_finer_than_it():
     assert [lv["spacing_mm"] for lv in capped["levels"]] == [8.0, pytest.approx(4.0, abs=0.2), pytest.approx(floor, abs=0.2)]
     med = u[0, :, 8:-8, 8:-8, 8:-8].reshape(3, -1).median(1).values
     assert torch.allclose(med, torch.tensor([4.0, 0.0, -4.0]), atol=1.0), med
+
+
+def test_data_term_on_weighted_points_equals_the_dense_term_and_its_gradient():
+    from registration_core.deformable import _WeightedPoints
+    from registration_core.instance_opt import identity_grid, warp_same_grid
+
+    shape = (20, 22, 24)
+    grid = WorkGrid((0.0, 0.0, 0.0), 2.0, (shape[2], shape[1], shape[0]))
+    ff, fm = mind_ssc(_blobs(shape, seed=2)), mind_ssc(_blobs(shape, seed=3))
+    w = torch.zeros(1, 1, *shape)
+    w[:, :, 4:15, 3:18, 5:20] = torch.rand(1, 1, 11, 15, 15) + 0.1   # a body inside air: 34 % of the box
+    ident = identity_grid(shape, "cpu")
+    u0 = 3.0 * torch.randn(1, 3, *shape)
+    u_dense = u0.clone().requires_grad_(True)
+    dense = ((ff - warp_same_grid(fm, u_dense, grid, ident)).pow(2).mean(1, keepdim=True) * w).sum()
+    dense.backward()
+    pts = _WeightedPoints(ff, w, ident)
+    assert not pts.dense and pts.index.numel() == 11 * 15 * 15
+    u_sparse = u0.clone().requires_grad_(True)
+    sparse = pts.cost(fm, u_sparse, grid)
+    sparse.backward()
+    assert torch.allclose(sparse, dense, rtol=1e-5)
+    assert torch.allclose(u_sparse.grad, u_dense.grad, rtol=1e-4, atol=1e-7)
+    assert float(u_dense.grad.abs().sum()) > 0
