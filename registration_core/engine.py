@@ -133,14 +133,24 @@ def field_quality(u: torch.Tensor, aff: AffineResult, grid: WorkGrid,
 ANATOMY_MIN_HU = -950.0
 
 
-def anatomy_mask(work: WorkingPair, window: tuple[float, float]) -> torch.Tensor:
-    """Where the region figures are taken: the fixed body mask, plus fixed voxels above :data:`ANATOMY_MIN_HU`
-    inside the fixed scan (``work.f`` is the HU-``window``-normalised fixed image, -1024 HU outside its field of
-    view); [1, 1, z, y, x] float 0/1 on the working grid."""
+def fixed_anatomy(f: torch.Tensor, body: torch.Tensor, window: tuple[float, float]) -> torch.Tensor:
+    """The fixed body mask plus fixed voxels above :data:`ANATOMY_MIN_HU` inside the fixed scan, the latter opened
+    by one voxel (noise speckles in the outside air go, lungs stay). ``f`` is the HU-``window``-normalised fixed
+    image (-1024 HU outside its field of view); [1, 1, z, y, x] float 0/1 on the working grid.
+
+    The body mask alone misses lungs that the field of view cuts (they are no axial hole): on the real lung pair
+    it held none of the 51 landmarks, so the lungs had no data term and their field was extrapolated."""
     lo, hi = window
     if lo >= ANATOMY_MIN_HU:
-        return work.body
-    return torch.maximum(work.body, (work.f > (ANATOMY_MIN_HU - lo) / (hi - lo)).to(work.body.dtype))
+        return body
+    dense = (f > (ANATOMY_MIN_HU - lo) / (hi - lo)).to(body.dtype)
+    opened = F.max_pool3d(-F.max_pool3d(-dense, 3, stride=1, padding=1), 3, stride=1, padding=1)
+    return torch.maximum(body, opened)
+
+
+def anatomy_mask(work: WorkingPair, window: tuple[float, float]) -> torch.Tensor:
+    """Where the region figures are taken: :func:`fixed_anatomy` of the working pair; [1, 1, z, y, x] float 0/1."""
+    return fixed_anatomy(work.f, work.body, window)
 
 
 def region_maps(weights: torch.Tensor, body: torch.Tensor) -> tuple[np.ndarray, list[float]]:
@@ -322,8 +332,8 @@ class WorkingPair:
 
     grid: isotropic axis-aligned LPS grid over the fixed body box (``spacing`` mm); f, m: fixed and affinely
     resampled moving, HU-window normalised to [0, 1], [1, 1, z, y, x] on the device; body: fixed body mask;
-    weight: similarity weight (body dilated by 8 mm, inside the moving field of view); valid: 1 where the affine
-    maps into the moving image; ncc_identity / ncc_affine: NCC inside the body before / after the affine."""
+    weight: similarity weight (:func:`fixed_anatomy` dilated by 8 mm, inside the moving field of view); valid: 1
+    where the affine maps into the moving image; ncc_identity / ncc_affine: NCC inside the body before / after the affine."""
 
     grid: WorkGrid
     spacing: float
@@ -358,9 +368,9 @@ def resample_stage(fixed: sitk.Image, moving: sitk.Image, fp: Prepared, mp: Prep
     valid_id = _inside(pts)
     del pts
     body = to_tensor(fp.mask_on(grid).astype(np.float32), device)
-    r = max(1, int(round(8.0 / s0)))
-    body_d = F.max_pool3d(body, 2 * r + 1, stride=1, padding=r)
     f = to_tensor(normalise(f_hu, cfg.hu_window), device)
+    r = max(1, int(round(8.0 / s0)))
+    body_d = F.max_pool3d(fixed_anatomy(f, body, cfg.hu_window), 2 * r + 1, stride=1, padding=r)
     m = to_tensor(normalise(m_aff, cfg.hu_window), device)
     va = to_tensor(valid_aff, device)
     ncc_id = masked_ncc(f, to_tensor(normalise(m_id, cfg.hu_window), device), body * to_tensor(valid_id, device))

@@ -136,3 +136,33 @@ def test_lungs_cut_by_the_field_of_view_count_as_anatomy():
                            body=torch.as_tensor(body)[None, None])
     m = anatomy_mask(work, (-1000.0, 1000.0))[0, 0].numpy()
     assert (m[:, :, 3:] == 1).all() and (m[:, :, :3] == 0).all()
+
+
+def test_similarity_weight_covers_lungs_cut_by_the_field_of_view():
+    """The deformable stage's data weight must reach a lung that the scan's edge cuts (no axial hole, so outside
+    the body mask): before, the real lung pair's 51 landmarks all lay outside the body mask and 38 had no data
+    term. Outside air (-1000 HU, with noise) stays out."""
+    from registration_core import RegistrationConfig
+    from registration_core.engine import affine_stage, prepare_pair, resample_stage
+
+    rng = np.random.default_rng(0)
+    hu = rng.normal(-1000.0, 15.0, (40, 60, 60)).astype(np.float32)     # z, y, x at 4 mm: outside air + noise
+    hu[:, 10:50, 8:48] = 40.0                                             # body (tissue)
+    hu[:, 15:45, 25:60] = -850.0                                          # a lung running out of the right edge
+    img = sitk.GetImageFromArray(hu)
+    img.SetSpacing((4.0, 4.0, 4.0))
+    cfg = RegistrationConfig(affine_iterations=(1, 1), rotation_starts_deg=0.0)
+    fp, mp = prepare_pair(img, img, cfg)
+    work = resample_stage(img, img, fp, mp, affine_stage(fp, mp, cfg, torch.device("cpu")), cfg,
+                          torch.device("cpu"))
+    g = work.grid
+    w = work.weight[0, 0].numpy()
+    body = work.body[0, 0].numpy()
+
+    def at(x, y, z):  # image voxel index (x, y, z) -> working-grid voxel index (x, y, z)
+        return np.round((np.array([x, y, z]) * 4.0 - np.asarray(g.origin)) / np.asarray(g.spacing)).astype(int)
+
+    lung = at(44, 30, 20)                                                 # inside the body's box
+    assert all(0 <= v < n for v, n in zip(lung[::-1], w.shape))
+    assert body[lung[2], lung[1], lung[0]] == 0 and w[lung[2], lung[1], lung[0]] > 0
+    assert w[w.shape[0] // 2, 0, 0] == 0                                  # box corner: air, >= 15 mm from the body
