@@ -428,7 +428,7 @@ def deformable_stage(work: WorkingPair, cfg: RegistrationConfig, init_u: torch.T
         return optimise_deformable(f, m, weight, grid, cfg, init_u, valid=va, progress=progress)
     if fine_iters > 0:
         spacings = tuple(work.spacing * k for k in cfg.level_factors)
-        return optimise_field(f, m, weight, grid, spacings, level_iters, cfg.lncc_radius_mm, cfg.smoothness,
+        return optimise_field(f, m, weight, grid, spacings, level_iters, cfg.lncc_radius_mm, cfg.lncc_smoothness,
                               cfg.field_smoothing_passes, cfg.learning_rate_mm, init_u, progress=progress,
                               control_factor=cfg.control_factor, radius_vox=cfg.lncc_radius_vox,
                               adam_eps=cfg.adam_eps, folding_weight=cfg.folding_weight,
