@@ -126,7 +126,7 @@ def refine(ff, fm, weight, grid: WorkGrid, spacings, iterations, u0, *, smoothne
             lncc = LNCC(resize(f_int, size), w_l, lncc_radius)
             m_l = resize(m_int, size)
         ident = identity_grid(size, device)
-        data = None if lncc is not None else _WeightedPoints(ff_l, w_l, ident)
+        term = _WeightedPoints(ff_l, w_l, ident)
         u_p = torch.nn.Parameter(resize(u_fine, ctrl).clone())
         ctrl_spacing = float(g.extent[0] / max(1, ctrl[2] - 1))
         scale = float(u_p[0, 0].numel()) if adam_eps else 1.0
@@ -136,10 +136,7 @@ def refine(ff, fm, weight, grid: WorkGrid, spacings, iterations, u0, *, smoothne
             """(total energy, data term) of a control-grid field at this level."""
             u_c = smooth_field(u_param, passes)
             u = F.interpolate(u_c, size=size, mode="trilinear", align_corners=True)
-            if data is not None:
-                cost = data.cost(fm_l, u, g) / denom
-            else:
-                cost = ((ff_l - warp_same_grid(fm_l, u, g, ident)).pow(2).mean(1, keepdim=True) * w_l).sum() / denom
+            cost = term.cost(fm_l, u, g) / denom
             loss = cost * 10.0
             if lncc is not None:
                 loss = loss - lncc_weight * lncc(warp_same_grid(m_l, u, g, ident))
