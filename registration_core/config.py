@@ -38,6 +38,12 @@ class RegistrationConfig:
     schedules_mm: refinement level spacings (mm, coarse to fine, floored at the working spacing); with several
         schedules (all ending in the same last level) the field of lowest final energy is kept.
     lncc_weight: weight of an LNCC term beside the MIND data term (0: MIND alone, robust to contrast change).
+    extrapolate_edges: on the working grid, carry each scan's edge voxels on past its field of view (nearest
+        extrapolation) instead of filling -1024 HU, and give the fixed scan's outside no data term. Where a scan
+        ends inside the body, the air of the fill is no anatomy, but its MIND features pulled the field near the
+        prior's first and last slices (validation abdominal crops: errors of 5 mm within 5 mm of the prior's end).
+        Validation split (12 cases, bench/accuracy/RESULTS.md): mean TRE 0.93 -> 0.80 mm, 11 of 12 better; the
+        real lung pair unchanged (1.375 -> 1.374 mm). False: the earlier -1024 HU fill.
     finest_follows_fixed: floor the working spacing at the fixed scan's finest spacing (the earlier rule) instead
         of 2/3 of the finer input's finest spacing.
     threads: CPU threads for torch during the call (None: torch's setting, but 1 when the machine is
@@ -80,6 +86,7 @@ class RegistrationConfig:
     max_search_voxels: int = 150_000
     max_refine_voxels: int | None = 1_200_000
     lncc_weight: float = 0.0
+    extrapolate_edges: bool = True
     schedules_mm: tuple[tuple[float, ...], ...] = ((10.0, 5.0, 2.5),)
     finest_follows_fixed: bool = False
     threads: int | None = None

@@ -331,9 +331,11 @@ class WorkingPair:
     """The pair on the working grid (output of :func:`resample_stage`).
 
     grid: isotropic axis-aligned LPS grid over the fixed body box (``spacing`` mm); f, m: fixed and affinely
-    resampled moving, HU-window normalised to [0, 1], [1, 1, z, y, x] on the device; body: fixed body mask;
-    weight: similarity weight (:func:`fixed_anatomy` dilated by 8 mm, inside the moving field of view); valid: 1
-    where the affine maps into the moving image; ncc_identity / ncc_affine: NCC inside the body before / after the affine."""
+    resampled moving, HU-window normalised to [0, 1], [1, 1, z, y, x] on the device (with ``extrapolate_edges``
+    each scan's edge voxels carried on past its field of view, not -1024 HU); body: fixed body mask;
+    weight: similarity weight (:func:`fixed_anatomy` dilated by 8 mm, inside the moving field of view, and with
+    ``extrapolate_edges`` inside the fixed one); valid: 1 where the affine maps into the moving image;
+    ncc_identity / ncc_affine: NCC inside the body before / after the affine."""
 
     grid: WorkGrid
     spacing: float
@@ -352,20 +354,22 @@ def resample_stage(fixed: sitk.Image, moving: sitk.Image, fp: Prepared, mp: Prep
     moving one through the affine (fixed point -> moving point); masks and similarity before/after the affine."""
     s0 = _pick_spacing(fp, mp, cfg, device)
     grid = fp.grid(s0)
-    f_hu = grid.resample(shrink_for(fixed, s0))
+    f_hu = grid.resample(shrink_for(fixed, s0), extrapolate=cfg.extrapolate_edges)
     m_src = shrink_for(moving, s0)
-    m_aff = grid.resample(m_src, transform=aff.to_sitk())
+    m_aff = grid.resample(m_src, transform=aff.to_sitk(), extrapolate=cfg.extrapolate_edges)
     m_id = grid.resample(m_src)
     pts = world_points(grid, "cpu", torch.float64).numpy()
     a_m, b_m = index_to_world(moving)
     size_m = np.asarray(moving.GetSize())
 
-    def _inside(q):
-        idx = (q - b_m) @ np.linalg.inv(a_m).T
-        return np.all((idx >= -0.5) & (idx <= size_m - 0.5), -1).astype(np.float32)
+    def _inside(q, a=a_m, b=b_m, size=size_m):
+        idx = (q - b) @ np.linalg.inv(a).T
+        return np.all((idx >= -0.5) & (idx <= size - 0.5), -1).astype(np.float32)
 
     valid_aff = _inside(aff.apply(pts.reshape(-1, 3)).reshape(pts.shape))
     valid_id = _inside(pts)
+    a_f, b_f = index_to_world(fixed)
+    in_fixed = _inside(pts, a_f, b_f, np.asarray(fixed.GetSize()))
     del pts
     body = to_tensor(fp.mask_on(grid).astype(np.float32), device)
     f = to_tensor(normalise(f_hu, cfg.hu_window), device)
@@ -373,6 +377,8 @@ def resample_stage(fixed: sitk.Image, moving: sitk.Image, fp: Prepared, mp: Prep
     body_d = F.max_pool3d(fixed_anatomy(f, body, cfg.hu_window), 2 * r + 1, stride=1, padding=r)
     m = to_tensor(normalise(m_aff, cfg.hu_window), device)
     va = to_tensor(valid_aff, device)
+    if cfg.extrapolate_edges:
+        body_d = body_d * to_tensor(in_fixed, device)
     ncc_id = masked_ncc(f, to_tensor(normalise(m_id, cfg.hu_window), device), body * to_tensor(valid_id, device))
     ncc_aff = masked_ncc(f, m, body * va)
     return WorkingPair(grid=grid, spacing=s0, f=f, m=m, body=body, weight=body_d * va, valid=va,

@@ -45,8 +45,9 @@ class WorkGrid:
         return WorkGrid(self.origin, float(spacing), tuple(int(v) for v in n))
 
     def resample(self, image: sitk.Image, transform: sitk.Transform | None = None, default: float = -1024.0,
-                 interpolator=sitk.sitkLinear) -> np.ndarray:
-        """Resample ``image`` onto this grid (through ``transform``: grid point -> image point); float32 [z,y,x]."""
+                 interpolator=sitk.sitkLinear, extrapolate: bool = False) -> np.ndarray:
+        """Resample ``image`` onto this grid (through ``transform``: grid point -> image point); float32 [z,y,x].
+        Outside the image: ``default``, or with ``extrapolate`` the nearest voxel's value (no artificial edge)."""
         f = sitk.ResampleImageFilter()
         f.SetSize([int(v) for v in self.size])
         f.SetOutputSpacing([self.spacing] * 3)
@@ -55,6 +56,7 @@ class WorkGrid:
         f.SetInterpolator(interpolator)
         f.SetDefaultPixelValue(float(default))
         f.SetOutputPixelType(sitk.sitkFloat32)
+        f.SetUseNearestNeighborExtrapolator(bool(extrapolate))
         if transform is not None:
             f.SetTransform(transform)
         return sitk.GetArrayFromImage(f.Execute(image))

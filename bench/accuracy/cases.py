@@ -126,8 +126,9 @@ def synthetic(seed: int, spacing: float = 4.0) -> Case:
 # the realistic evaluation set: each real CT (the lung pair excepted) as prior and current scan months apart
 # (registration_core.synthetic.longitudinal_pair: rigid motion, breathing, smooth change, another field of view
 # and slice spacing, contrast change, noise), under fixed seeds. VALIDATION seeds choose settings; TEST seeds are
-# never tuned on.
-VALIDATION_SEEDS = (1, 2)
+# never tuned on. Seeds 3 and 4 joined the validation split for the field-of-view edge choice (two seeds per source
+# were too few to choose it: bench/accuracy/RESULTS.md).
+VALIDATION_SEEDS = (1, 2, 3, 4)
 TEST_SEEDS = (101, 102, 103)
 
 

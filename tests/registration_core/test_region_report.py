@@ -166,3 +166,40 @@ def test_similarity_weight_covers_lungs_cut_by_the_field_of_view():
     assert all(0 <= v < n for v, n in zip(lung[::-1], w.shape))
     assert body[lung[2], lung[1], lung[0]] == 0 and w[lung[2], lung[1], lung[0]] > 0
     assert w[w.shape[0] // 2, 0, 0] == 0                                  # box corner: air, >= 15 mm from the body
+
+
+def test_field_of_view_edges_are_not_anatomy_edges():
+    """Where a scan's field of view ends inside the body, the working images carry the edge slice on (nearest
+    extrapolation) instead of -1024 HU: an air edge there is no anatomy, and its MIND features pulled the field
+    (validation abdominal crops: 1.12 -> 0.94 mm mean TRE). Beyond the moving scan's end there is no data term, and
+    none outside the fixed scan either (the working box reaches a little past it)."""
+    from registration_core import RegistrationConfig
+    from registration_core.engine import affine_stage, prepare_pair, resample_stage
+
+    hu = np.full((40, 50, 50), -1000.0, np.float32)                      # z, y, x at 4 mm
+    hu[:, 10:40, 10:40] = 40.0                                            # a body cut by both ends of the scan
+    hu[:, 20:30, 15:25] = 300.0                                           # a bone-like column along z
+    fixed = sitk.GetImageFromArray(hu)
+    fixed.SetSpacing((4.0, 4.0, 4.0))
+    moving = fixed[:, :, 12:32]                                           # the prior covers slices 12..31 only
+    cfg = RegistrationConfig(affine_iterations=(1, 1), rotation_starts_deg=0.0)
+    assert cfg.extrapolate_edges
+    fp, mp = prepare_pair(fixed, moving, cfg)
+    work = resample_stage(fixed, moving, fp, mp, affine_stage(fp, mp, cfg, torch.device("cpu")), cfg,
+                          torch.device("cpu"))
+    g = work.grid
+    z_mm = np.asarray(g.origin)[2] + g.spacing * np.arange(g.size[2])
+    y, x = (np.round((np.array([25.0, 35.0]) * 4.0 - np.asarray(g.origin)[[1, 0]]) / g.spacing)).astype(int)
+    m, f = work.m[0, 0, :, y, x].numpy(), work.f[0, 0, :, y, x].numpy()
+    valid, w = work.valid[0, 0, :, y, x].numpy(), work.weight[0, 0, :, y, x].numpy()
+    tissue = (40.0 + 1000.0) / 2000.0
+    in_fixed = (z_mm > 2.0) & (z_mm < 39 * 4.0 - 2.0)
+    beyond_prior = in_fixed & (valid == 0)                                # the prior ends, the body goes on
+    assert beyond_prior.sum() >= 0.4 * in_fixed.sum()
+    assert np.allclose(m[beyond_prior], tissue, atol=0.02)               # the edge slice carried on, not air
+    assert (w[beyond_prior] == 0).all()                                   # and no data term there
+    assert (valid[in_fixed] == 1).sum() >= 0.4 * in_fixed.sum()
+    assert (w[in_fixed & (valid == 1)] > 0).all()                         # data term where both scans have it
+    outside_fixed = (z_mm < -2.0) | (z_mm > 39 * 4.0 + 2.0)
+    assert outside_fixed.any() and (w[outside_fixed] == 0).all()
+    assert np.allclose(f[outside_fixed], tissue, atol=0.02)
