@@ -6,9 +6,12 @@ Each sub-command module exposes ``add_parser(subparsers)`` and ``run(args) -> in
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import importlib.util
 import logging
 import sys
+from pathlib import Path
 
 from node.errors import UserError
 
@@ -17,16 +20,22 @@ COMMANDS = ("register", "serve", "demo", "train", "worker", "rules", "console", 
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """Build the top-level parser with every available sub-command registered, or with ``only`` that one (its
-    module alone is imported: a command module imports what it needs at its top, so ``totalreg rules`` never
-    loads torch)."""
+    """Build the top-level parser with ``only``'s sub-command registered (its module alone is imported: a command
+    module imports what it needs at its top, so ``totalreg rules`` never loads torch), or, without a known
+    ``only``, every sub-command's name and help (:func:`command_help`, no module imported: ``totalreg --help``)."""
     parser = argparse.ArgumentParser(
         prog="totalreg",
         description="TotalRegistrator Node: register a patient's prior CT to the current CT and return DICOM results.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in (only,) if only in COMMANDS else COMMANDS:
+    if only not in COMMANDS:  # the command list alone: each command's help read from its source, nothing imported
+        for name in COMMANDS:
+            text = command_help(name)
+            if text is not None:
+                sub.add_parser(name, help=text)
+        return parser
+    for name in (only,):
         try:
             module = importlib.import_module(f"node.commands.{name}")
         except ModuleNotFoundError as exc:  # a command not built yet
@@ -35,6 +44,23 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             raise
         module.add_parser(sub)
     return parser
+
+
+def command_help(name: str) -> str | None:
+    """The one-line help that ``node.commands.<name>`` gives its sub-parser (the ``help=`` string literal of its
+    ``add_parser("<name>", ...)`` call), read from the module's source without importing it (importing would load
+    torch and the web stack for ``totalreg --help``); None when the module does not exist."""
+    spec = importlib.util.find_spec(f"node.commands.{name}")
+    if spec is None or not spec.origin:
+        return None
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_parser" and node.args
+                and isinstance(node.args[0], ast.Constant) and node.args[0].value == name):
+            for kw in node.keywords:
+                if kw.arg == "help" and isinstance(kw.value, ast.Constant):
+                    return str(kw.value.value)
+    return ""
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
