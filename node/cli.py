@@ -35,14 +35,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             if text is not None:
                 sub.add_parser(name, help=text)
         return parser
-    for name in (only,):
-        try:
-            module = importlib.import_module(f"node.commands.{name}")
-        except ModuleNotFoundError as exc:  # a command not built yet
-            if exc.name == f"node.commands.{name}":
-                continue
+    try:
+        module = importlib.import_module(f"node.commands.{only}")
+    except ModuleNotFoundError as exc:  # a command not built yet
+        if exc.name != f"node.commands.{only}":
             raise
-        module.add_parser(sub)
+        return parser
+    module.add_parser(sub)
     return parser
 
 

@@ -20,7 +20,7 @@ from .affine import AffineResult, optimise_affine
 from .config import RegistrationConfig
 from .deformable import optimise_deformable
 from .errors import RegistrationInputError
-from .geometry import WorkGrid, index_to_world, shrink_for
+from .geometry import WorkGrid, inside_image, shrink_for
 from .instance_opt import optimise_field, resize, warp_same_grid
 from .io import check_image
 from .metrics import folding_percent, jacobian_determinant_array, sdlogj
@@ -359,17 +359,9 @@ def resample_stage(fixed: sitk.Image, moving: sitk.Image, fp: Prepared, mp: Prep
     m_aff = grid.resample(m_src, transform=aff.to_sitk(), extrapolate=cfg.extrapolate_edges)
     m_id = grid.resample(m_src)
     pts = world_points(grid, "cpu", torch.float64).numpy()
-    a_m, b_m = index_to_world(moving)
-    size_m = np.asarray(moving.GetSize())
-
-    def _inside(q, a=a_m, b=b_m, size=size_m):
-        idx = (q - b) @ np.linalg.inv(a).T
-        return np.all((idx >= -0.5) & (idx <= size - 0.5), -1).astype(np.float32)
-
-    valid_aff = _inside(aff.apply(pts.reshape(-1, 3)).reshape(pts.shape))
-    valid_id = _inside(pts)
-    a_f, b_f = index_to_world(fixed)
-    in_fixed = _inside(pts, a_f, b_f, np.asarray(fixed.GetSize()))
+    valid_aff = inside_image(moving, aff.apply(pts.reshape(-1, 3)).reshape(pts.shape)).astype(np.float32)
+    valid_id = inside_image(moving, pts).astype(np.float32)
+    in_fixed = inside_image(fixed, pts).astype(np.float32) if cfg.extrapolate_edges else None
     del pts
     body = to_tensor(fp.mask_on(grid).astype(np.float32), device)
     f = to_tensor(normalise(f_hu, cfg.hu_window), device)

@@ -83,6 +83,14 @@ def index_to_world(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
     return d @ np.diag(image.GetSpacing()), np.asarray(image.GetOrigin(), float)
 
 
+def inside_image(image: sitk.Image, pts: np.ndarray) -> np.ndarray:
+    """True where LPS points (mm, [..., 3]) lie in ``image``'s field of view: continuous index within half a voxel
+    of its first and last voxel centres on every axis. bool [...]."""
+    a, b = index_to_world(image)
+    idx = (np.asarray(pts, float) - b) @ np.linalg.inv(a).T
+    return np.all((idx >= -0.5) & (idx <= np.asarray(image.GetSize()) - 0.5), -1)
+
+
 def shrink_for(image: sitk.Image, target_spacing: float) -> sitk.Image:
     """Block-average ``image`` by integer factors so that no axis is finer than about ``target_spacing``/1.5.
 

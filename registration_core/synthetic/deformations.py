@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
+from ..geometry import inside_image
 from ..metrics import jacobian_determinant_array
 from .anatomy import Anatomy, _smoothstep
 from .phantom import LABEL_NAMES, render
@@ -74,15 +75,6 @@ def _grid_points(ref: sitk.Image, k0: int = 0, k1: int | None = None) -> np.ndar
     D = np.array(ref.GetDirection()).reshape(3, 3)
     S = np.diag(ref.GetSpacing())
     return idx @ (D @ S).T + np.array(ref.GetOrigin())
-
-
-def _inside_grid(ref: sitk.Image, pts: np.ndarray) -> np.ndarray:
-    """True where physical points fall inside the grid's voxel-centre bounding box (continuous index)."""
-    D = np.array(ref.GetDirection()).reshape(3, 3)
-    S = np.diag(ref.GetSpacing())
-    idx = (pts - np.array(ref.GetOrigin())) @ np.linalg.inv(D @ S).T
-    size = np.array(ref.GetSize(), float)
-    return np.all((idx >= -0.5) & (idx <= size - 0.5), axis=-1)
 
 
 def _field_image(arr: np.ndarray, ref: sitk.Image) -> sitk.Image:
@@ -324,7 +316,7 @@ def make_longitudinal_pair(phantom: int | Anatomy = 0, seed: int | None = None, 
         u_a[k0:k0 + step] = A - P
         Q = _affine_inverse_apply(R, A)
         disp[k0:k0 + step] = Q - P
-        overlap[k0:k0 + step] = _inside_grid(moving_ref, Q)
+        overlap[k0:k0 + step] = inside_image(moving_ref, Q)
         lo = np.minimum(lo, A.reshape(-1, 3).min(0))
         hi = np.maximum(hi, A.reshape(-1, 3).max(0))
         del P, A, Q
@@ -429,7 +421,7 @@ def random_realistic_deformation(image: sitk.Image, labels: sitk.Image | None = 
         P = _grid_points(ref, k0, min(nz, k0 + step))
         Q = _affine_apply(R, P + disp_arr[k0:k0 + step])
         out[k0:k0 + step] = Q - P
-        overlap[k0:k0 + step] = _inside_grid(ref, Q)
+        overlap[k0:k0 + step] = inside_image(ref, Q)
     del disp_arr
     displacement = _field_image(out, ref)
     tx = sitk.DisplacementFieldTransform(sitk.Image(displacement))

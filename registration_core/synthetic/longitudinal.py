@@ -25,9 +25,10 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
+from ..geometry import inside_image
 from ..metrics import jacobian_determinant_array
 from .deformations import (PairSample, _add_scan_noise, _affine_apply, _edge_landmarks, _euler, _field_image,
-                           _grid_points, _idx_to_points, _inside_grid, _pick_landmarks, _ref_image, source_ct)
+                           _grid_points, _idx_to_points, _pick_landmarks, _ref_image, source_ct)
 
 __all__ = ["longitudinal_pair", "lung_base_z"]
 
@@ -148,7 +149,7 @@ def longitudinal_pair(image: sitk.Image, labels: sitk.Image | None = None, seed:
     Q = _affine_apply(R, P_all + v)
     disp = Q - P_all
     displacement = _field_image(disp, ref)
-    overlap = _inside_grid(moving_src, Q)
+    overlap = inside_image(moving_src, Q)
     del P_all, Q, v, v_breath
 
     # render the current scan from the whole source, change its contrast, add noise

@@ -35,7 +35,7 @@ from scipy import ndimage
 
 from ..config import RegistrationConfig
 from ..engine import affine_stage, prepare_pair
-from ..geometry import WorkGrid, physical_bounds, shrink_for
+from ..geometry import WorkGrid, inside_image, physical_bounds, shrink_for
 from ..io import read_image
 from ..preprocess import Prepared, body_mask, normalise
 from ..regions import apply_lut, lut_from_names
@@ -89,12 +89,6 @@ def _resample_field(field: sitk.Image, grid: WorkGrid) -> tuple[np.ndarray, np.n
     ones.CopyInformation(field)
     inside = sitk.Resample(ones, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     return sitk.GetArrayFromImage(out), sitk.GetArrayFromImage(inside) > 0
-
-
-def _inside_image(img: sitk.Image, pts: np.ndarray) -> np.ndarray:
-    d = np.asarray(img.GetDirection()).reshape(3, 3) @ np.diag(img.GetSpacing())
-    idx = (pts - np.asarray(img.GetOrigin())) @ np.linalg.inv(d).T
-    return np.all((idx >= -0.5) & (idx <= np.asarray(img.GetSize()) - 0.5), -1)
 
 
 def _region_on_grid(labels: sitk.Image, lut: np.ndarray, grid: WorkGrid, transform=None) -> np.ndarray:
@@ -156,7 +150,7 @@ def build_sample(fixed: sitk.Image, moving: sitk.Image, *, displacement: sitk.Im
                 M = M @ E
         Minv = np.linalg.inv(M)
         u_mm = (X + d - b) @ Minv.T - X
-        valid = ok & _inside_image(moving, X + d)
+        valid = ok & inside_image(moving, X + d)
     else:
         u_mm, valid = None, None
     A = _sitk_affine(M, b)
