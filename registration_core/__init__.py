@@ -35,7 +35,7 @@ Method (the TotalRegistrator pipeline) and why:
    body is large) regularised by coupled convex optimisation, kept where it lowers the MIND cost (large motion
    such as breathing is found before any gradient step). Then Adam on a dense field, coarse to fine at 10, 5 and
    2.5 mm (control grid at 2x the level spacing, box-smoothed, trilinearly upsampled), loss = masked mean squared
-   MIND difference + diffusion penalty (0.2) + a folding penalty, mean(relu(0.2 - det J)^2) on the control grid
+   MIND difference + diffusion (0.3) and bending-energy (100 mm^2) penalties + a folding penalty, mean(relu(0.2 - det J)^2) on the control grid
    (weight 10), which keeps the local volume change positive where the data term pulls the field into folds
    (sliding lung wall, weight change) - ConvexAdam's weakness (1.3-2.4 % folded voxels). Loss scaled to a
    per-control-point sum with Adam eps 1e-2 (flat regions take small steps). The similarity weight excludes

@@ -12,7 +12,8 @@ applied *before* the affine: fixed point x -> moving point A(x + u(x)).
    regularisation; the result (smooth, large-range) becomes the start of step 3 wherever it lowers the cost.
 3. **Adam refinement**, coarse to fine (``spacings``): at each level a dense field on a control grid
    (``control_factor`` x the level spacing), smoothed by 3^3 box means and upsampled; loss = masked mean squared
-   MIND difference (+ ``lncc_weight`` x the LNCC of the intensities) + ``smoothness`` x diffusion +
+   MIND difference (+ ``lncc_weight`` x the LNCC of the intensities) + ``smoothness`` x diffusion + ``bending`` x
+   bending energy (which, unlike diffusion, lets the field keep its slope where the data term ends) +
    ``folding_weight`` x a penalty that keeps det J above ``folding_floor`` (so the field does not fold where the
    data term would pull it into folds, e.g. at sliding organ boundaries - ConvexAdam's weakness).
    On CPU the level spacings are floored so that a level holds at most ``max_refine_voxels`` voxels of the
@@ -29,7 +30,8 @@ import torch.nn.functional as F
 from .convex import cost_volume, coupled_convex
 from .features import mind_ssc
 from .geometry import WorkGrid
-from .instance_opt import diffusion, folding_penalty, identity_grid, resize, smooth_field, warp_same_grid
+from .instance_opt import (bending_energy, diffusion, folding_penalty, identity_grid, resize, smooth_field,
+                           warp_same_grid)
 from .similarity import LNCC
 from .torchutil import mm_to_norm_scale
 
@@ -99,7 +101,7 @@ def discrete_search(ff: torch.Tensor, fm: torch.Tensor, u0: torch.Tensor, grid: 
 def refine(ff, fm, weight, grid: WorkGrid, spacings, iterations, u0, *, smoothness: float, folding_weight: float,
            folding_floor: float, control_factor: float, passes: int, lr_mm: float, adam_eps: float | None,
            f_int=None, m_int=None, lncc_weight: float = 0.0, lncc_radius: int = 3, valid=None,
-           progress=None) -> tuple[torch.Tensor, dict]:
+           bending: float = 0.0, progress=None) -> tuple[torch.Tensor, dict]:
     """Adam refinement of ``u0`` (mm, on ``grid``) against the MIND features ``ff``/``fm`` (see module docstring).
 
     weight: loss weight on ``grid``; valid: where the moving scan has data (eroded by the feature footprint at each
@@ -141,6 +143,8 @@ def refine(ff, fm, weight, grid: WorkGrid, spacings, iterations, u0, *, smoothne
             if lncc is not None:
                 loss = loss - lncc_weight * lncc(warp_same_grid(m_l, u, g, ident))
             loss = loss + smoothness * diffusion(u_c, ctrl_spacing)
+            if bending:
+                loss = loss + bending * bending_energy(u_c, ctrl_spacing)
             if folding_weight:
                 loss = loss + folding_weight * folding_penalty(u_c, ctrl_spacing, folding_floor)
             return loss, cost
@@ -208,7 +212,8 @@ def optimise_deformable(f, m, weight, grid: WorkGrid, cfg, init_u=None, valid=No
                         control_factor=(2.0,) * (n - 1) + (cfg.control_factor,),
                         passes=(1,) * (n - 1) + (cfg.field_smoothing_passes,), lr_mm=cfg.learning_rate_mm,
                         adam_eps=cfg.adam_eps, f_int=f, m_int=m, lncc_weight=cfg.lncc_weight,
-                        lncc_radius=cfg.lncc_radius_vox or 3, valid=valid, progress=progress)
+                        lncc_radius=cfg.lncc_radius_vox or 3, valid=valid, bending=cfg.bending,
+                        progress=progress)
         energy = ref["levels"][-1]["energy"]
         info.setdefault("schedules", []).append({"levels_mm": list(spacings), "energy": energy})
         if best is None or energy < best[0]:

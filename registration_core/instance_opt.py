@@ -49,6 +49,28 @@ def diffusion(u: torch.Tensor, spacing: float) -> torch.Tensor:
     return (dz.pow(2).mean() + dy.pow(2).mean() + dx.pow(2).mean())
 
 
+def bending_energy(u: torch.Tensor, spacing: float) -> torch.Tensor:
+    """Thin-plate bending energy of u (mm) per voxel, in 1/mm^2: the mean over components of u_xx^2 + u_yy^2 +
+    u_zz^2 + 2 (u_xy^2 + u_xz^2 + u_yz^2), by second differences on a [1, 3, D, H, W] field of ``spacing`` mm.
+
+    Unlike :func:`diffusion` it does not penalise affine fields: a displacement that grows steadily across the scan
+    (breathing: the diaphragm moves most, the apex least) costs nothing, so where the data term ends (the first
+    and last slices of a scan) the field keeps its slope instead of flattening towards zero gradient."""
+    def d(x, dim):
+        return x.narrow(dim, 1, x.shape[dim] - 1) - x.narrow(dim, 0, x.shape[dim] - 1)
+    h2 = spacing * spacing
+    terms = []
+    dims = [k for k in (2, 3, 4) if u.shape[k] >= 3]
+    for i, a in enumerate(dims):
+        ua = d(u, a)
+        terms.append(d(ua, a).pow(2).mean())
+        for b in dims[i + 1:]:
+            terms.append(2.0 * d(ua, b).pow(2).mean())
+    if not terms:
+        return u.new_zeros(())
+    return sum(terms) / (h2 * h2)
+
+
 def jacobian_det(u: torch.Tensor, spacing: float) -> torch.Tensor:
     """Determinant of the Jacobian of x -> x + u(x) by central differences on the interior voxels of a
     [1, 3, D, H, W] field (u in mm, channels x/y/z; ``spacing`` mm): [D-2, H-2, W-2], dimensionless."""
