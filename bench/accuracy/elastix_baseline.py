@@ -35,8 +35,9 @@ def _to_itk(img: sitk.Image, tmp: Path, name: str):
 
 
 def elastix_register(fixed: sitk.Image, moving: sitk.Image, threads: int | None = None,
-                     final_grid_mm: float = 10.0) -> tuple[sitk.Image, dict]:
-    """Register moving to fixed with itk-elastix (affine then B-spline, default maps; final grid ``final_grid_mm``).
+                     final_grid_mm: float = 10.0, bspline: bool = True) -> tuple[sitk.Image, dict]:
+    """Register moving to fixed with itk-elastix (affine then B-spline, default maps; final grid ``final_grid_mm``;
+    ``bspline=False``: the affine map alone, elastix's affine stage).
 
     Returns (displacement field, info). The field is the total fixed->moving mapping (affine included), on the
     fixed grid, LPS mm, as SimpleITK ``sitkVectorFloat64``. ``info`` holds the wall time of the registration
@@ -51,10 +52,10 @@ def elastix_register(fixed: sitk.Image, moving: sitk.Image, threads: int | None 
         aff = po.GetDefaultParameterMap("affine")
         bsp = po.GetDefaultParameterMap("bspline")
         bsp["FinalGridSpacingInPhysicalUnits"] = [f"{final_grid_mm:.6f}"]
-        for pm in (aff, bsp):  # (WriteResultImage must stay "true": the Python wrapper needs a result image)
+        maps = (aff, bsp) if bspline else (aff,)
+        for pm in maps:  # (WriteResultImage must stay "true": the Python wrapper needs a result image)
             pm["DefaultPixelValue"] = ["-1024"]
-        po.AddParameterMap(aff)
-        po.AddParameterMap(bsp)
+            po.AddParameterMap(pm)
         t0 = time.perf_counter()
         kw = {"number_of_threads": threads} if threads else {}
         _, result = itk.elastix_registration_method(f, m, parameter_object=po,
@@ -69,7 +70,8 @@ def elastix_register(fixed: sitk.Image, moving: sitk.Image, threads: int | None 
     if disp.GetSize() != fixed.GetSize():
         raise RuntimeError(f"elastix field size {disp.GetSize()} differs from fixed {fixed.GetSize()}")
     disp.CopyInformation(fixed)
-    return disp, {"time_s": t_reg, "final_grid_mm": final_grid_mm, "threads": threads}
+    return disp, {"time_s": t_reg, "final_grid_mm": final_grid_mm if bspline else None, "threads": threads,
+                  "stages": "affine + B-spline" if bspline else "affine"}
 
 
 def check_convention(shift_mm=(6.0, -4.0, 8.0)) -> float:

@@ -3,6 +3,8 @@
     python3 bench/accuracy/run.py                                   # all cases, identity + elastix + totalreg
     python3 bench/accuracy/run.py --methods elastix --cases lung,synth0
     python3 bench/accuracy/run.py --synth-spacing 3 --out bench/accuracy/RESULTS.md
+    python3 bench/accuracy/run.py --methods elastix_affine,totalreg_network --cases lung,test_abd_101 \
+        --out bench/out/network/RESULTS.md                         # issue 16: the network alone vs elastix's affine
 
 Per case and method: TRE (mean, median; mm) on landmarks, Dice of the moving labels warped with the estimated
 field (nearest neighbour) against the fixed labels, folding % (J <= 0, whole field) and SDlogJ (Learn2Reg
@@ -48,14 +50,30 @@ def method_elastix(fixed, moving, threads):
     return elastix_register(fixed, moving, threads=threads)
 
 
-def method_totalreg(fixed, moving, threads):
-    from registration_core import register  # the engine (registration_core/engine)
+def method_elastix_affine(fixed, moving, threads):
+    from elastix_baseline import elastix_register
+
+    return elastix_register(fixed, moving, threads=threads, bspline=False)
+
+
+def _totalreg(fixed, moving, **overrides):
+    """The engine (registration_core/engine) with its default config but ``overrides``: (field, info)."""
+    from registration_core import RegistrationConfig, register
 
     t0 = time.perf_counter()
-    res = register(fixed, moving)
+    res = register(fixed, moving, RegistrationConfig(**overrides))
     t = time.perf_counter() - t0
     rep = dict(res.report) if isinstance(res.report, dict) else {}
     return res.displacement, {"time_s": t, "report": rep}
+
+
+def method_totalreg_network(fixed, moving, threads):
+    """The engine's affine stage + the network alone (``iterations=0``: no instance optimisation)."""
+    return _totalreg(fixed, moving, iterations=0)
+
+
+def method_totalreg(fixed, moving, threads):
+    return _totalreg(fixed, moving)
 
 
 def method_convexadam(fixed, moving, threads):
@@ -64,8 +82,8 @@ def method_convexadam(fixed, moving, threads):
     return convexadam_register(fixed, moving, threads=threads)
 
 
-METHODS = {"identity": method_identity, "elastix": method_elastix, "convexadam": method_convexadam,
-           "totalreg": method_totalreg}
+METHODS = {"identity": method_identity, "elastix_affine": method_elastix_affine, "elastix": method_elastix,
+           "convexadam": method_convexadam, "totalreg_network": method_totalreg_network, "totalreg": method_totalreg}
 
 
 def _rss_bytes() -> int:
@@ -175,6 +193,33 @@ def table(rows: list[dict]) -> str:
                      f"{_fmt(r.get('tre_p90'))} | {_fmt(r.get('dice_mean'), 3)} | {_fmt(r.get('field_error_mean'))} | "
                      f"{_fmt(r.get('folding_percent'), 3)} | {_fmt(r.get('sdlogj'), 3)} | {_fmt(r.get('time_s'), 1)} | "
                      f"{_fmt(mem / 1e9 if mem is not None else None)} |")
+    return "\n".join(lines)
+
+
+def network_bar_summary(rows: list[dict]) -> str:
+    """Issue 16's first bar per case where both ran: the network alone (``totalreg_network``: the engine's affine +
+    the network, no instance optimisation) at least 25 % below itk-elastix's affine stage (``elastix_affine``) in
+    mean TRE; a table and a count line ('' if no case has both)."""
+    by = {}
+    for r in rows:
+        if "error" not in r:
+            by.setdefault(r["case_key"], {})[r["method"]] = r
+    lines = ["| case | elastix affine TRE / Dice | network alone TRE / Dice / fold % | change | ≥ 25 % below |",
+             "|---|---|---|---:|:-:|"]
+    n = met = 0
+    for key, m in by.items():
+        a, t = m.get("elastix_affine"), m.get("totalreg_network")
+        if not (a and t) or t.get("tre_mean") is None or a.get("tre_mean") is None:
+            continue
+        ok = t["tre_mean"] <= 0.75 * a["tre_mean"]
+        n += 1
+        met += ok
+        lines.append(f"| {t['case']} | {_fmt(a['tre_mean'])} / {_fmt(a.get('dice_mean'), 3)} | "
+                     f"{_fmt(t['tre_mean'])} / {_fmt(t.get('dice_mean'), 3)} / {_fmt(t['folding_percent'], 3)} | "
+                     f"{100 * (t['tre_mean'] / a['tre_mean'] - 1):+.0f} % | {'yes' if ok else '**no**'} |")
+    if not n:
+        return ""
+    lines += ["", f"Network alone at least 25 % below elastix's affine stage on {met} of {n} rows."]
     return "\n".join(lines)
 
 
@@ -292,7 +337,8 @@ def main(argv=None) -> int:
             "Methods: `identity` = no registration (d = 0); `elastix` = itk-elastix affine + B-spline, default "
             "parameter maps, final grid 10 mm, all cores; `convexadam` = PyPI convexadam 0.2 defaults on a 1.5 mm "
             "isotropic grid over the fixed scan (convexadam_baseline.py); `totalreg` = this engine, "
-            "`registration_core.register` with its default config.",
+            "`registration_core.register` with its default config; `elastix_affine` = elastix's default affine map "
+            "alone; `totalreg_network` = the engine's affine stage + the network alone (`iterations=0`).",
             "Metrics: TRE = |p + d(p) − q| over the case's landmarks (mm); Dice = moving labels warped with the field "
             "(nearest neighbour) vs fixed labels, mean over the labels listed per case, scored where the moving scan "
             "is defined; field error = mean |d − d_GT| (mm) inside the labelled body where the ground truth field is "
@@ -306,6 +352,8 @@ def main(argv=None) -> int:
             "",
             *(["## Issue 14's bar: totalreg against both peers, per case", "", summ, ""] if (summ := bar_summary(rows))
               else []),
+            *(["## Issue 16's first bar: the network alone against elastix's affine stage, per case", "", summ16, ""]
+              if (summ16 := network_bar_summary(rows)) else []),
             "Cases:",
             *[f"- **{k}**: {v}" for k, v in notes.items()],
             "",
