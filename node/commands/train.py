@@ -17,6 +17,7 @@ from pathlib import Path
 
 from dicom_io import DicomInputError, read_series
 from registration_core.network import DEFAULT_WEIGHTS
+from registration_core.regions import N_REGIONS
 from registration_core.training.archive import ArchiveTuning, finetune_on_archive
 from registration_core.training.data import CacheSpec, build_cache
 from registration_core.training.evaluate import evaluate_weights
@@ -81,6 +82,8 @@ def add_parser(subparsers) -> None:
     r.add_argument("--cost-radius", type=int, nargs=2, default=[1, 2], metavar=("FULL", "HALF"),
                    help="correlation (cost volume) radius in voxels at the input and at half resolution; "
                         "0 0 = plain UNet (default 1 2)")
+    r.add_argument("--regions", type=int, choices=[1, N_REGIONS], default=N_REGIONS, metavar="K",
+                   help=f"region sub-fields: {N_REGIONS} (default) or 1, a plain UNet of the same size (the ablation)")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=_plain_errors(run_train))
 
@@ -169,7 +172,8 @@ def run_train(args) -> int:
     """Train; prints the result as JSON."""
     cfg = TrainConfig(cache=args.cache, out=args.out, steps=args.steps, crop=args.crop, lr=args.lr,
                       schedule=args.schedule,
-                      network={**TrainConfig().network, "cost_radius": list(args.cost_radius)},
+                      network={**TrainConfig().network, "cost_radius": list(args.cost_radius),
+                               "n_regions": int(args.regions)},
                       device=args.device, amp=args.amp, val_every=args.val_every,
                       checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes,
                       resume=not args.fresh, init=args.init, threads=args.threads, seed=args.seed,

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..blocks import integrate_velocity
+from ..regions import N_REGIONS
 from ..similarity import masked_lncc
 
 
@@ -90,7 +91,8 @@ def training_loss(net_out, batch: dict, w: LossWeights, spacing: float, int_step
         if "rf" in batch and w.sub > 0:
             terms = []
             for r in range(k):
-                mr = mask * (batch["rf"] == r + 1).float()
+                # K = 1 (the plain-UNet ablation): its one field is every region's
+                mr = mask * ((batch["rf"] == r + 1) if k > 1 else (batch["rf"] > 0)).float()
                 if mr.sum() > 10:
                     # first-order: exp(v) ~ v for smooth fields (integrating each of the K sub-fields
                     # separately costs K extra scaling-and-squaring passes; too slow on CPU)
@@ -103,15 +105,16 @@ def training_loss(net_out, batch: dict, w: LossWeights, spacing: float, int_step
     if "rf" in batch:
         rf = batch["rf"]
         known = (rf > 0).float()
-        if known.sum() > 0:
+        if known.sum() > 0 and k > 1:                 # one region: nothing to choose between
             target = (rf - 1).clamp_min(0)[:, 0]
             ce = (F.nll_loss(torch.log(weights.clamp_min(1e-6)), target, reduction="none") * known[:, 0]).sum() \
                 / known.sum()
             parts["region_ce"] = ce
             total = total + w.region * ce
         if "rm" in batch:
-            oh_m = F.one_hot(batch["rm"][:, 0], k + 1).permute(0, 4, 1, 2, 3).float()[:, 1:]
-            oh_f = F.one_hot(rf[:, 0], k + 1).permute(0, 4, 1, 2, 3).float()[:, 1:]
+            n_cls = N_REGIONS + 1                       # the label-derived region maps, whatever K is
+            oh_m = F.one_hot(batch["rm"][:, 0], n_cls).permute(0, 4, 1, 2, 3).float()[:, 1:]
+            oh_f = F.one_hot(rf[:, 0], n_cls).permute(0, 4, 1, 2, 3).float()[:, 1:]
             warped_oh = warp_voxels(oh_m, disp)
             present = (oh_f.sum((0, 2, 3, 4)) > 20) & (oh_m.sum((0, 2, 3, 4)) > 20)
             dsc = soft_dice(warped_oh * body, oh_f * body, present)

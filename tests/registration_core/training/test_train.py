@@ -162,3 +162,31 @@ def test_learning_rate_warms_up_then_decays_to_two_percent():
     assert all(a >= b for a, b in zip(lrs[100:], lrs[101:]))          # monotone decay after the warm-up
     assert learning_rate(cfg, 1000) == pytest.approx(2e-5)
     assert learning_rate(TrainConfig(lr=1e-3, schedule="constant"), 500) == 1e-3
+
+
+def test_one_region_network_trains_and_reports_no_decomposition(tiny_cache, tmp_path):
+    """K = 1 (`totalreg train run --regions 1`, the plain UNet of the K = 4 / K = 1 ablation): trains on the same
+    cache (its one field supervised everywhere, no region cross-entropy), exports, loads, and the engine reports no
+    region figures and no region picture for it instead of labelling its one field as the first region."""
+    from registration_core import RegistrationConfig, register
+    from registration_core.training.losses import LossWeights, training_loss
+
+    one = {**SMALL_NET, "n_regions": 1}
+    res = train(_cfg(tiny_cache, tmp_path / "k1", 2, measure_memory=False, network=dict(one)))
+    assert load_checkpoint(res["last"])["config"]["n_regions"] == 1
+    w, _ = export_weights(res["last"], tmp_path / "k1.safetensors", {})
+    net = load_network(w)
+    assert net.n_regions == 1
+    s = load_sample(tiny_cache / "train" / "a.npz")
+    batch = {"f": torch.from_numpy(s["f"])[None, None].float(), "m": torch.from_numpy(s["m"])[None, None].float(),
+             "body": torch.ones(1, 1, *s["f"].shape), "valid": torch.ones(1, 1, *s["f"].shape),
+             "u": torch.from_numpy(np.ascontiguousarray(s["u"]))[None].float(),
+             "rf": torch.from_numpy(s["rf"].astype(np.int64))[None, None],
+             "rm": torch.from_numpy(s["rm"].astype(np.int64))[None, None]}
+    total, parts = training_loss(net(batch["f"], batch["m"]), batch, LossWeights(), 8.0)
+    assert np.isfinite(float(total.detach())) and "region_ce" not in parts
+    assert parts["sub_epe_mm"] > 0 and 0 < parts["dice"] <= 1
+    img, _, _ = make_phantom(spacing=8.0, fov_mm=(240.0, 240.0, 256.0), seed=3)
+    out = register(img, img, RegistrationConfig(weights=str(w), iterations=0, device="cpu"))
+    assert out.report["regions"] is None and out.region_weights is None
+    assert "1 field" in out.report["regions_note"] and out.report["weights"]["sha256"]
