@@ -487,11 +487,11 @@ def _register(fixed, moving, cfg: RegistrationConfig, progress: bool, device, t_
             u, info = deformable_stage(work, cfg, net_out.start, fine_iters, level_iters, device, progress=bar)
         with torch.no_grad():
             ncc_final = masked_ncc(work.f, warp_same_grid(work.m, u, work.grid), work.body * work.valid)
-            # a network with one field (K = 1, the ablation's plain UNet) has no decomposition to report
-            decomposed = net_out.weights is not None and net_out.weights.shape[1] == len(REGIONS)
+            # the network's number of fields; one (K = 1, the ablation's plain UNet) has no decomposition to report
+            n_fields = None if net_out.weights is None else int(net_out.weights.shape[1])
+            decomposed = n_fields == len(REGIONS)
             regions = region_maps(net_out.weights, anatomy_mask(work, cfg.hu_window)) if decomposed else None
         grid, s0, ncc_id, ncc_aff = work.grid, work.spacing, work.ncc_identity, work.ncc_affine
-        net_out_k = None if net_out.weights is None else int(net_out.weights.shape[1])
         region_img = net_out.weights_image() if decomposed else None
         del work, net_out
         release_free_memory()  # the optimiser's cached temporaries must not sit under the full-size outputs
@@ -515,8 +515,8 @@ def _register(fixed, moving, cfg: RegistrationConfig, progress: bool, device, t_
                          "above -950 HU in the fixed scan, so that lungs cut by the field of view count): "
                          "share_of_body from the soft weights; displacement magnitudes in mm of the total field "
                          "and of its non-affine part; folding_percent = % of voxels with J <= 0")
-        if quality.get("regions") else ("no network: no region decomposition" if net_out_k is None
-                                          else f"the network has {net_out_k} field(s), no region decomposition"),
+        if quality.get("regions") else ("no network: no region decomposition" if n_fields is None
+                                          else f"the network has {n_fields} field(s), no region decomposition"),
         "field_quality_grid": f"working grid {s0} mm (registration_core.metrics)",
         "working_spacing_mm": s0, "working_grid_size": list(grid.size),
         "iterations": {"affine": aff.iterations, "levels": info["levels"]},
