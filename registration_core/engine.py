@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .affine import AffineResult, optimise_affine
+from .blocks import SpatialTransformer
 from .config import RegistrationConfig
 from .deformable import optimise_deformable
 from .errors import RegistrationInputError
@@ -403,6 +404,22 @@ class NetworkStart:
         return img
 
 
+@torch.no_grad()
+def cascade(net, f: torch.Tensor, m: torch.Tensor, passes: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The network applied ``passes`` times, each pass to the prior warped by the field so far (a recursive
+    cascade with shared weights). f, m: [1, 1, D, H, W] on one grid. With u the field so far, the next pass sees
+    m_u(y) = m(y + u(y)) and returns a residual r with f(x) ~ m_u(x + r(x)) = m(x + r(x) + u(x + r(x))), so the
+    field becomes r + u o (id + r). Returns (displacement
+    [1, 3, D, H, W] in voxels of that grid, channels x/y/z, fixed voxel v <-> moving v + u(v); the first pass's
+    region weights [1, K, D, H, W])."""
+    disp, weights, _ = net(f, m)
+    warp = SpatialTransformer()
+    for _ in range(int(passes) - 1):
+        r, _, _ = net(f, warp(m, disp))
+        disp = r + warp(disp, r)
+    return disp, weights
+
+
 def network_stage(work: WorkingPair, cfg: RegistrationConfig, device) -> NetworkStart:
     """The network's start field on the working grid and its region weights (:class:`NetworkStart`). The network
     sees both images at ``cfg.network_spacing`` mm; its voxel displacement is scaled to mm and resized."""
@@ -410,9 +427,8 @@ def network_stage(work: WorkingPair, cfg: RegistrationConfig, device) -> Network
     if net is None:
         return NetworkStart(None, net_status, net_sha)
     g4 = work.grid.resized(cfg.network_spacing)
-    with torch.no_grad():
-        disp, weights, _ = net(resize(work.f, g4.shape_zyx), resize(work.m, g4.shape_zyx))
-        init_u = resize(disp * g4.spacing, work.f.shape[-3:])
+    disp, weights = cascade(net, resize(work.f, g4.shape_zyx), resize(work.m, g4.shape_zyx), cfg.network_passes)
+    init_u = resize(disp * g4.spacing, work.f.shape[-3:])
     return NetworkStart(init_u, net_status, net_sha, weights.float(), work.grid)
 
 

@@ -358,6 +358,7 @@ def main(argv=None) -> int:
             *[f"- **{k}**: {v}" for k, v in notes.items()],
             "",
         ]
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text("\n".join(header))
         json_path.write_text(json.dumps(rows, indent=1, default=str))
         if final:

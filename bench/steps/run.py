@@ -220,6 +220,7 @@ def main(argv=None) -> int:
                   f"affine + network alone (`iterations=0`) {wb['time_s']:.1f} s in total, network stage "
                   f"{wb['network_s']:.2f} s (target < 20 s)."]
     png = Path(args.out).with_suffix(".png")
+    png.parent.mkdir(parents=True, exist_ok=True)
     plot_curves(rows, elx, png)
     lines += ["", f"Curves: `{png.name}` (TRE against N; elastix as a line, or as a note where it is off scale)."]
     Path(args.out).write_text("\n".join(lines) + "\n")

@@ -1,6 +1,7 @@
 """`totalreg train`: build a training cache, train TotalRegNet (resumable), export weights, evaluate.
 
-    totalreg train cache  [--out var/train_cache] [--synthetic 32] [--ct CT.nii.gz ...] [--pairs DIR]
+    totalreg train cache  [--out var/train_cache] [--synthetic 16] [--ct CT.nii.gz ...] [--pairs DIR]
+                          [--longitudinal CT.nii.gz@N ...]
     totalreg train run    [--cache var/train_cache] [--out var/train_run] [--steps N] [--max-minutes M]
     totalreg train export [--checkpoint var/train_run/best.pt] [--out registration_core/weights/...]
     totalreg train eval   --weights W.safetensors   (lung pair + held-out synthetic pair, network vs affine)
@@ -52,11 +53,15 @@ def add_parser(subparsers) -> None:
     c = sub.add_parser("cache", help="pre-generate 4 mm training samples (.npz) from synthetic and real CTs")
     c.add_argument("--out", default="var/train_cache", help="cache folder (default var/train_cache)")
     c.add_argument("--synthetic", type=int, default=None,
-                   help="number of synthetic phantom training pairs (default 32; 0 for none)")
+                   help="number of synthetic phantom training pairs (default 16; 0 for none)")
     c.add_argument("--ct", action="append", default=[], metavar="PATH[:LABELS[:CLASSMAP]][@N]",
                    help="single CT (file or DICOM folder) for self-supervised pairs, N variants (default 4); "
                         "optional multi-label map and classmap JSON; repeatable. Without --ct and --pairs the "
                         "project's shared CTs are used")
+    c.add_argument("--longitudinal", action="append", default=[], metavar="PATH[:LABELS[:CLASSMAP]][@N]",
+                   help="single CT (file or DICOM folder) as prior and current scan months apart: N draws "
+                        "(default 4) of the realistic longitudinal generator (motion, breathing, field of view, "
+                        "slices, contrast, noise; exact field); without labels, lungs and bones from HU; repeatable")
     c.add_argument("--pairs", default=None, help="folder of real pairs (sub-folders with fixed/moving[/labels])")
     c.add_argument("--spacing", type=float, default=4.0, help="working grid spacing in mm (default 4)")
     c.set_defaults(func=_plain_errors(run_cache))
@@ -77,6 +82,8 @@ def add_parser(subparsers) -> None:
     r.add_argument("--max-minutes", type=float, default=0.0, help="stop (after saving) after this wall time")
     r.add_argument("--fresh", action="store_true", help="ignore OUT/last.pt and start from scratch")
     r.add_argument("--init", default=None, help="start from these safetensors weights (fine-tuning)")
+    r.add_argument("--init-trunk", action="store_true",
+                   help="with --init: take only the UNet trunk, both heads start at zero (e.g. another --regions)")
     r.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--cost-radius", type=int, nargs=2, default=[1, 2], metavar=("FULL", "HALF"),
@@ -154,13 +161,14 @@ def run_archive(args) -> int:
 
 def run_cache(args) -> int:
     """Build the cache (resumes: existing samples are kept)."""
-    if not args.ct and not args.pairs:
+    if not args.ct and not args.pairs and not args.longitudinal:
         spec = default_cache_spec()
         if args.synthetic is not None:
             spec.synthetic = tuple(range(args.synthetic))
     else:
         spec = CacheSpec(synthetic=tuple(range(args.synthetic if args.synthetic is not None else 16)),
-                         single_ct=tuple(_parse_ct(s) for s in args.ct), pairs=args.pairs)
+                         single_ct=tuple(_parse_ct(s) for s in args.ct), pairs=args.pairs,
+                         longitudinal=tuple(_parse_ct(s) for s in args.longitudinal))
     spec.spacing = float(args.spacing)
     man = build_cache(spec, args.out, log=lambda s: print(s, flush=True),
                       read_volume=lambda folder: read_series(folder).image)  # DICOM series folders
@@ -176,7 +184,8 @@ def run_train(args) -> int:
                                "n_regions": int(args.regions)},
                       device=args.device, amp=args.amp, val_every=args.val_every,
                       checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes,
-                      resume=not args.fresh, init=args.init, threads=args.threads, seed=args.seed,
+                      resume=not args.fresh, init=args.init, init_trunk=args.init_trunk, threads=args.threads,
+                      seed=args.seed,
                       progress=not args.no_progress)
     res = train(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
     print(json.dumps(res, indent=1, default=str))

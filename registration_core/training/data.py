@@ -39,7 +39,7 @@ from ..geometry import WorkGrid, inside_image, physical_bounds, shrink_for
 from ..io import read_image
 from ..preprocess import Prepared, body_mask, normalise
 from ..regions import apply_lut, lut_from_names
-from ..synthetic import make_longitudinal_pair, random_realistic_deformation
+from ..synthetic import longitudinal_pair, make_longitudinal_pair, random_realistic_deformation
 from .regions import load_classmap, phantom_lut
 
 WINDOW = (-1000.0, 1000.0)
@@ -115,7 +115,8 @@ def build_sample(fixed: sitk.Image, moving: sitk.Image, *, displacement: sitk.Im
                  fixed_labels: sitk.Image | None = None, moving_labels: sitk.Image | None = None,
                  lut: np.ndarray | None = None, landmarks=None, rng: np.random.Generator | None = None,
                  spacing: float = 4.0, affine_error=(2.0, 4.0), fixed_intensity_change: bool = False,
-                 kind: str = "pair", name: str = "", affine: str = "engine") -> dict:
+                 kind: str = "pair", name: str = "", affine: str = "engine",
+                 extrapolate: bool = RegistrationConfig.extrapolate_edges) -> dict:
     """Make one training sample (see the module docstring) from a fixed/moving CT pair (HU, any grids, LPS mm).
 
     ``displacement``: exact total field (fixed grid, mm, fixed p <-> moving p + d(p)) or None (no field target).
@@ -124,6 +125,8 @@ def build_sample(fixed: sitk.Image, moving: sitk.Image, *, displacement: sitk.Im
     trains on exactly the residual it meets at inference; "truth" uses the least-squares affine of the exact
     correspondences plus a random error of up to ``affine_error`` = (max rotation deg, max shift mm). Pairs
     without a field always use the engine's affine. ``lut``: label id -> region id table for both label maps.
+    ``extrapolate``: fill outside each scan's field of view with its nearest edge voxel (the engine's default
+    working images) instead of -1024 HU; ``body`` is computed from the fixed image as resampled.
     """
     rng = rng or np.random.default_rng(0)
     fp = Prepared(fixed, "fixed (current) image", spacing, -500.0, 15.0)
@@ -154,10 +157,12 @@ def build_sample(fixed: sitk.Image, moving: sitk.Image, *, displacement: sitk.Im
     else:
         u_mm, valid = None, None
     A = _sitk_affine(M, b)
-    f_hu = grid.resample(shrink_for(fixed, spacing), default=-1024.0)
+    # as the engine's working images (resample_stage, ``extrapolate_edges``): each scan's edge voxels carried on
+    # past its field of view, not a -1024 HU air edge the network would meet nowhere at inference
+    f_hu = grid.resample(shrink_for(fixed, spacing), default=-1024.0, extrapolate=extrapolate)
     if fixed_intensity_change:
         f_hu = intensity_change(f_hu, rng)
-    m_hu = grid.resample(shrink_for(moving, spacing), transform=A, default=-1024.0)
+    m_hu = grid.resample(shrink_for(moving, spacing), transform=A, default=-1024.0, extrapolate=extrapolate)
     out = {"f": normalise(f_hu, WINDOW).astype(np.float16), "m": normalise(m_hu, WINDOW).astype(np.float16),
            "body": body_mask(f_hu, spacing).astype(np.uint8), "origin": np.asarray(grid.origin, float),
            "spacing": np.float64(grid.spacing), "M": M, "b": b, "kind": np.str_(kind), "name": np.str_(name)}
@@ -233,6 +238,65 @@ def self_supervised_sample(image: sitk.Image, seed: int, labels: sitk.Image | No
                         name=f"{name}_seed{seed}")
 
 
+#: structure names of the label ids :func:`hu_region_labels` writes (mapped to regions by ``regions.py``)
+HU_REGION_NAMES = {1: "lung", 3: "bone"}
+
+
+def body_and_lungs_hu(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """(body, lungs) boolean arrays [z, y, x] of a CT (HU): body = largest component of HU > -300 with its holes
+    filled slice by slice (so the lungs count as inside even where the trachea opens them to the scan's edge);
+    lungs = air (HU < -400) inside the body in components of at least 50 ml."""
+    hu = sitk.GetArrayViewFromImage(image)
+    lab, n = ndimage.label(hu > -300)
+    if n == 0:
+        z = np.zeros(hu.shape, bool)
+        return z, z
+    body = lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1)
+    body = np.stack([ndimage.binary_fill_holes(sl) for sl in body])
+    lab, n = ndimage.label((hu < -400) & body)
+    vox_ml = float(np.prod(image.GetSpacing())) / 1000.0
+    sizes = np.bincount(lab.ravel())
+    keep = np.flatnonzero(sizes * vox_ml >= 50.0)
+    lungs = np.isin(lab, keep[keep > 0])
+    return body, lungs
+
+
+def hu_region_labels(image: sitk.Image) -> sitk.Image:
+    """Partial label map (uint8, on ``image``'s grid) from HU alone, for real CTs without a segmentation:
+    1 = lungs (the thorax region; :func:`body_and_lungs_hu`), 3 = bone (HU >= 250 inside the body), 0 = not known
+    (every other voxel: the region terms of the loss skip it). Names in :data:`HU_REGION_NAMES`
+    (``lut_from_names(HU_REGION_NAMES)`` maps them to region ids)."""
+    body, lungs = body_and_lungs_hu(image)
+    hu = sitk.GetArrayViewFromImage(image)
+    arr = np.zeros(hu.shape, np.uint8)
+    arr[lungs] = 1
+    arr[body & (hu >= 250.0)] = 3
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(image)
+    return out
+
+
+def longitudinal_sample(image: sitk.Image, seed: int, labels: sitk.Image | None = None,
+                        lut: np.ndarray | None = None, spacing: float = 4.0, name: str = "") -> dict:
+    """Sample from ONE real CT as prior and current scan months apart (:func:`longitudinal_pair`: rigid motion,
+    breathing, smooth change, another field of view and slice spacing, contrast change, noise; exact field).
+    ``labels``: a label map on the image's grid with ``lut`` (label id -> region id); without it the region
+    labels come from HU (:func:`hu_region_labels`: lungs and bones). In-plane spacings under 1.5 mm are
+    bin-shrunk first (the network works at ``spacing`` = 4 mm)."""
+    shrink = [max(1, int(1.5 // s)) for s in image.GetSpacing()[:2]] + [1]
+    if max(shrink) > 1:
+        image = sitk.BinShrink(sitk.Cast(image, sitk.sitkFloat32), shrink)
+        if labels is not None:
+            labels = sitk.Resample(labels, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    if labels is None:
+        labels, lut = hu_region_labels(image), lut_from_names(HU_REGION_NAMES)
+    s = longitudinal_pair(image, labels, seed=seed, n_landmarks=60)
+    return build_sample(s.fixed, s.moving, displacement=s.displacement, fixed_labels=s.fixed_labels,
+                        moving_labels=s.moving_labels, lut=lut, landmarks=s.landmarks,
+                        rng=np.random.default_rng(seed), spacing=spacing, kind="longitudinal",
+                        name=f"{name}_seed{seed}")
+
+
 #: reads a series folder (e.g. DICOM) into a HU image; the caller supplies it (this package knows no DICOM)
 VolumeReader = Callable[[Path], sitk.Image]
 
@@ -291,13 +355,18 @@ class CacheSpec:
 
     synthetic: phantom seeds for training pairs; val_synthetic: held-out phantom seeds (validation);
     single_ct: (path, labels path or None, classmap path or None, n variants) self-supervised sources;
-    val_single_ct: same, validation variants (seeds disjoint from training); pairs: folder of pairs or None.
+    val_single_ct: same, validation variants (seeds disjoint from training); longitudinal / val_longitudinal:
+    (path, labels path or None, classmap path or None, n draws) real CTs under :func:`longitudinal_sample`
+    (deformation seeds 20000 + 17 v + 1 for training, 29000 + 17 v + 1 for validation: disjoint from each other
+    and from the accuracy benchmark's validation seeds 1-4 and test seeds 101-103); pairs: folder of pairs or None.
     """
 
     synthetic: tuple = tuple(range(16))
     val_synthetic: tuple = (900, 901)
     single_ct: tuple = ()
     val_single_ct: tuple = ()
+    longitudinal: tuple = ()
+    val_longitudinal: tuple = ()
     pairs: str | None = None
     spacing: float = 4.0
 
@@ -328,17 +397,22 @@ def build_cache(spec: CacheSpec, out: str | Path, log=print, read_volume: Volume
         jobs.append(("train", f"syn_{s:04d}", lambda s=s: synthetic_sample(s, s + 1000, spec.spacing)))
     for s in spec.val_synthetic:
         jobs.append(("val", f"syn_{s:04d}", lambda s=s: synthetic_sample(s, s + 1000, spec.spacing)))
-    # deformation seeds: base + 17 v + 1 (training base 5000, validation base 9000: disjoint)
-    for split, sources, base in (("train", spec.single_ct, 5000), ("val", spec.val_single_ct, 9000)):
+    # deformation seeds: base + 17 v + 1 (self-supervised: training base 5000, validation 9000; longitudinal:
+    # 20000 and 29000 -- all disjoint, and from the accuracy benchmark's seeds 1-4 and 101-103)
+    for split, prefix, make, sources, base in (
+            ("train", "ss", self_supervised_sample, spec.single_ct, 5000),
+            ("val", "ss", self_supervised_sample, spec.val_single_ct, 9000),
+            ("train", "lg", longitudinal_sample, spec.longitudinal, 20000),
+            ("val", "lg", longitudinal_sample, spec.val_longitudinal, 29000)):
         for path, lab_path, cmap, n in sources:
             stem = Path(path).name.split(".")[0]
             for v in range(int(n)):
-                def job(path=path, lab_path=lab_path, cmap=cmap, v=v, stem=stem, base=base):
+                def job(path=path, lab_path=lab_path, cmap=cmap, v=v, stem=stem, base=base, make=make):
                     img = _read_any(Path(path), "CT", read_volume)
                     lab = _read_any(Path(lab_path), "labels", read_volume) if lab_path else None
                     lut = lut_from_names(load_classmap(cmap)) if cmap else (phantom_lut() if lab else None)
-                    return self_supervised_sample(img, base + 17 * v + 1, lab, lut, spec.spacing, stem)
-                jobs.append((split, f"ss_{stem}_{v:03d}", job))
+                    return make(img, base + 17 * v + 1, lab, lut, spec.spacing, stem)
+                jobs.append((split, f"{prefix}_{stem}_{v:03d}", job))
     done = []
     for split, name, job in jobs:
         p = out / split / f"{name}.npz"
@@ -356,8 +430,9 @@ def build_cache(spec: CacheSpec, out: str | Path, log=print, read_volume: Volume
                 "val_synthetic_seeds": list(spec.val_synthetic),
                 "single_ct": [[str(a), str(b) if b else None, str(c) if c else None, int(n)]
                               for a, b, c, n in spec.single_ct],
-                "val_single_ct": [[str(a), str(b) if b else None, str(c) if c else None, int(n)]
-                                  for a, b, c, n in spec.val_single_ct],
+                **{key: [[str(a), str(b) if b else None, str(c) if c else None, int(n)] for a, b, c, n in val]
+                   for key, val in (("val_single_ct", spec.val_single_ct), ("longitudinal", spec.longitudinal),
+                                    ("val_longitudinal", spec.val_longitudinal))},
                 "pairs": spec.pairs}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest

@@ -76,23 +76,30 @@ from .data import CacheSpec, load_sample, residual_to_mm
 from .losses import LossWeights, training_loss, warp_voxels
 
 SHARED_CT = Path("/work/shared/data/ct")
+#: the network's output heads (state_dict key prefixes); everything else is the UNet trunk
+HEADS = ("velocity.", "logits.")
 
 
 def default_cache_spec(shared: Path = SHARED_CT) -> CacheSpec:
-    """The cache the shipped model was trained on: 32 synthetic phantom pairs + self-supervised variants of the
-    project's real CTs (the lung pair's two images used ONE AT A TIME -- their correspondence is held out for
-    evaluation); validation: 2 held-out phantoms + 2 held-out self-supervised variants."""
+    """The cache the shipped model is trained on: the project's real CTs each under many draws of the realistic
+    longitudinal generator (``longitudinal_sample``: the accuracy benchmark's generator, with deformation seeds
+    disjoint from its validation and test seeds), 16 synthetic phantom pairs, and a few self-supervised variants
+    (rigid + B-spline, as ``totalreg train --archive`` makes them). The lung pair's two images are used ONE AT A
+    TIME -- their correspondence is held out for evaluation. Validation: 2 held-out phantoms + one held-out
+    longitudinal draw of each of four real CTs."""
     d = Path(shared)
+    abd, abd_sm = str(d / "abdomen_totalseg/example_ct.nii.gz"), str(d / "abdomen_totalseg/example_ct_sm.nii.gz")
+    seg, cmap = str(d / "abdomen_totalseg/example_seg.nii.gz"), str(d / "abdomen_totalseg/classmap_total.json")
+    chest = str(d / "chest_pyradiomics/lung1_image.nrrd")
+    base, follow = (str(d / "lung_pair_elastix/baseline_small.mha"),
+                    str(d / "lung_pair_elastix/followup_reconstructed.nii.gz"))
     return CacheSpec(
-        synthetic=tuple(range(32)), val_synthetic=(900, 901),
-        single_ct=((str(d / "abdomen_totalseg/example_ct.nii.gz"), None, None, 6),
-                   (str(d / "chest_pyradiomics/lung1_image.nrrd"), None, None, 6),
-                   (str(d / "abdomen_totalseg/example_ct_sm.nii.gz"), str(d / "abdomen_totalseg/example_seg.nii.gz"),
-                    str(d / "abdomen_totalseg/classmap_total.json"), 4),
-                   (str(d / "lung_pair_elastix/baseline_small.mha"), None, None, 4),
-                   (str(d / "lung_pair_elastix/followup_reconstructed.nii.gz"), None, None, 4)),
-        val_single_ct=((str(d / "chest_pyradiomics/lung1_image.nrrd"), None, None, 1),
-                       (str(d / "abdomen_totalseg/example_ct.nii.gz"), None, None, 1)))
+        synthetic=tuple(range(16)), val_synthetic=(900, 901),
+        single_ct=((abd, None, None, 2), (chest, None, None, 2), (abd_sm, seg, cmap, 2)),
+        longitudinal=((abd, None, None, 20), (abd_sm, seg, cmap, 24), (chest, None, None, 20),
+                      (base, None, None, 10), (follow, None, None, 10)),
+        val_longitudinal=((abd, None, None, 1), (abd_sm, seg, cmap, 1), (chest, None, None, 1),
+                          (base, None, None, 1)))
 
 
 @dataclass
@@ -104,7 +111,9 @@ class TrainConfig:
     amp: "auto" (bf16 on CUDA only), "bf16" or "off"; val_every / checkpoint_every: steps; max_minutes: wall
     budget, the run saves and stops when it is spent (0 = none); schedule: "cosine" (linear warm-up over ``warmup``
     steps, then cosine decay to 2 % of ``lr`` at ``steps``) or "constant"; init: safetensors weights to start from
-    (fine-tuning); network: TotalRegNet keyword arguments (architecture); threads: torch CPU threads (0 = keep);
+    (fine-tuning); init_trunk: take only the UNet trunk from ``init`` (every tensor but the ``velocity`` and
+    ``logits`` heads, which stay zero), so networks with another K start from the same features; network:
+    TotalRegNet keyword arguments (architecture); threads: torch CPU threads (0 = keep);
     log_every: also log a progress line every this many steps (step/total, loss, elapsed, ETA; 0 = none).
     """
 
@@ -123,6 +132,7 @@ class TrainConfig:
     max_minutes: float = 0.0
     resume: bool = True
     init: str | None = None
+    init_trunk: bool = False
     threads: int = 0
     progress: bool = True
     log_every: int = 0
@@ -357,6 +367,27 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * frac)))
 
 
+def initial_network(cfg: TrainConfig) -> TotalRegNet:
+    """The network a run starts from: ``TotalRegNet(**cfg.network)`` with zero heads, then ``cfg.init``'s weights
+    (all of them, same architecture required) or with ``cfg.init_trunk`` its UNet trunk only (every tensor but
+    :data:`HEADS`; the trunk's shapes must match, K may differ). ValueError (one line) on a mismatch."""
+    net = TotalRegNet(**cfg.network)
+    if cfg.init:
+        src = load_network(cfg.init)
+        if cfg.init_trunk:
+            # the UNet trunk only: both heads stay zero-initialised, so K = 4 and K = 1 (the ablation) start alike
+            trunk = {k: v for k, v in src.state_dict().items() if not k.startswith(HEADS)}
+            mine = {k: v.shape for k, v in net.state_dict().items() if not k.startswith(HEADS)}
+            if {k: v.shape for k, v in trunk.items()} != mine:
+                raise ValueError(f"--init weights {cfg.init} have another trunk ({src.config}), not {net.config}")
+            net.load_state_dict(trunk, strict=False)
+        elif src.config != net.config:
+            raise ValueError(f"--init weights {cfg.init} have architecture {src.config}, not {net.config}")
+        else:
+            net.load_state_dict(src.state_dict())
+    return net
+
+
 def train(cfg: TrainConfig, log=print) -> dict:
     """Train (or resume) TotalRegNet on a cache; returns {"step", "best_val", "last", "best", "csv", ...}.
 
@@ -382,12 +413,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     data_rng = np.random.default_rng(cfg.seed)
-    net = TotalRegNet(**cfg.network)
-    if cfg.init:
-        src = load_network(cfg.init)
-        if src.config != net.config:
-            raise ValueError(f"--init weights {cfg.init} have architecture {src.config}, not {net.config}")
-        net.load_state_dict(src.state_dict())
+    net = initial_network(cfg)
     net = net.to(device).train()
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     step, best, elapsed0, peak = 0, float("inf"), 0.0, None

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -130,3 +131,20 @@ def test_weights_are_chosen_only_by_a_rule_or_node_yaml(tmp_path):
     assert weights_choice(cfg, cfg.rules[0]) == (str(tmp_path / "lung.safetensors"), "rule 'lungs'")
     with pytest.raises(Exception, match="device"):      # node-wide registration: only the weights
         _parse({"registration": {"device": "cuda"}})
+
+
+def test_train_cache_builds_longitudinal_samples_with_organ_regions(tmp_path):
+    """`totalreg train cache --longitudinal CT:LABELS:CLASSMAP@1` writes one sample of the realistic longitudinal
+    generator (exact residual target, fixed and moving region maps from the TotalSegmentator names) and records the
+    source in the manifest."""
+    d = ROOT / "tests" / "data" / "abdomen_totalseg"
+    src = f"{d / 'example_ct_sm.nii.gz'}:{d / 'example_seg.nii.gz'}:{d / 'classmap_total.json'}@1"
+    r = _totalreg("train", "cache", "--out", tmp_path / "cache", "--synthetic", "0", "--longitudinal", src)
+    assert r.returncode == 0, r.stderr
+    man = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    assert [x for x in man["samples"] if x.startswith("train/")] == ["train/lg_example_ct_sm_000.npz"]
+    assert man["longitudinal"][0][3] == 1 and man["longitudinal"][0][0].endswith("example_ct_sm.nii.gz")
+    with np.load(tmp_path / "cache" / "train" / "lg_example_ct_sm_000.npz") as z:
+        assert str(z["kind"]) == "longitudinal" and z["u"].shape[1:] == z["f"].shape
+        assert {2, 3} <= set(np.unique(z["rf"]).tolist())    # abdominal organs and bones
+        assert 0.5 < z["valid"].mean() < 1.0                   # the two scans' fields of view differ

@@ -91,3 +91,38 @@ def test_tiny_inputs_are_padded_so_instance_norm_works():
     with torch.no_grad():
         disp, w, sub = net(torch.rand(1, 1, 8, 16, 16), torch.rand(1, 1, 8, 16, 16))
     assert disp.shape == (1, 3, 8, 16, 16) and torch.isfinite(disp).all()
+
+
+class _TwoCallNet(torch.nn.Module):
+    """Stub network: first call returns a ramp field u_x = 0.1 x (voxels), later calls a 1-voxel x shift; region
+    weights mark the call."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, f, m):
+        self.calls += 1
+        d, h, w = f.shape[-3:]
+        disp = torch.zeros(1, 3, d, h, w)
+        if self.calls == 1:
+            disp[:, 0] = 0.1 * torch.arange(w, dtype=torch.float32)
+        else:
+            disp[:, 0] = 1.0
+        return disp, torch.full((1, 4, d, h, w), float(self.calls)), None
+
+
+def test_cascade_composes_each_pass_after_the_field_so_far():
+    """Two passes give r + u o (id + r) -- the second pass's residual first, then the first field at the moved
+    point -- not u + r; one pass is the network alone; the region weights are the first pass's."""
+    from registration_core.engine import cascade
+
+    f = torch.zeros(1, 1, 6, 7, 12)
+    disp, weights = cascade(_TwoCallNet(), f, f, passes=2)
+    x = torch.arange(12, dtype=torch.float32)
+    inner = slice(0, 10)                     # x + 1 stays inside the grid
+    assert torch.allclose(disp[0, 0, 3, 3, inner], 1.0 + 0.1 * (x[inner] + 1.0), atol=1e-5)
+    assert float(disp[:, 1:].abs().max()) == 0.0
+    assert float(weights.max()) == 1.0
+    one, _ = cascade(_TwoCallNet(), f, f, passes=1)
+    assert torch.allclose(one[0, 0, 3, 3], 0.1 * x, atol=1e-6)
