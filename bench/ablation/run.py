@@ -42,7 +42,7 @@ for p in (str(ROOT), str(ROOT / "bench" / "accuracy")):
 from cases import CASES, SHARED_CT, Case  # noqa: E402
 from registration_core.regions import BONES, THORAX, lut_from_names  # noqa: E402
 from registration_core.metrics import tre  # noqa: E402
-from registration_core.training.data import body_and_lungs_hu, hu_region_labels  # noqa: E402
+from registration_core.training.data import BONE_HU, body_and_lungs_hu  # noqa: E402
 from registration_core.training.regions import load_classmap  # noqa: E402
 
 ABDOMEN_ID = 2
@@ -51,25 +51,25 @@ REGION_COLUMNS = (("lungs", THORAX.id), ("abdomen", ABDOMEN_ID), ("bones", BONES
 
 def region_map(case: Case) -> np.ndarray:
     """Region ids (0 none, 1 lungs, 2 abdomen, 3 bones) of the case's fixed voxels, [z, y, x] (module docstring)."""
-    arr = sitk.GetArrayFromImage(hu_region_labels(case.fixed)).astype(np.uint8)
-    lungs = arr == 1
+    body, hu_lungs = body_and_lungs_hu(case.fixed)          # computed once: lungs, and body for the soft tissue
+    hu = sitk.GetArrayFromImage(case.fixed)
+    lungs = hu_lungs
     if "lung pair" in case.name and case.fixed_labels is not None:
         lungs = sitk.GetArrayFromImage(case.fixed_labels) > 0          # the pair's own lung mask
     lungs = np.stack([ndimage.binary_fill_holes(sl) for sl in lungs])  # vessels inside the lungs count
-    out = np.where(lungs, THORAX.id, np.where(arr == 3, BONES.id, 0)).astype(np.uint8)
+    bones = body & (hu >= BONE_HU)                                     # as training.data.hu_region_labels
+    out = np.where(lungs, THORAX.id, np.where(bones, BONES.id, 0)).astype(np.uint8)
     if "abdorg" in case.name and case.fixed_labels is not None:
         lut = lut_from_names(load_classmap(SHARED_CT / "abdomen_totalseg" / "classmap_total.json"))
         organs = lut[sitk.GetArrayFromImage(case.fixed_labels).astype(np.int64)] == ABDOMEN_ID
         out[organs & (out == 0)] = ABDOMEN_ID
         return out
-    body, hu_lungs = body_and_lungs_hu(case.fixed)
-    hu = sitk.GetArrayFromImage(case.fixed)
     nz = hu.shape[0]
     zs = np.array([case.fixed.TransformIndexToPhysicalPoint((0, 0, k))[2] for k in range(nz)])
     rows = np.flatnonzero(hu_lungs.any((1, 2)))
     # lung bases: the lowest (most caudal, smallest LPS z) slice with lungs; no lungs: the whole scan
     below = np.ones(nz, bool) if len(rows) == 0 else zs < zs[rows].min()
-    soft = body & (hu > -150) & (hu < 250) & below[:, None, None]
+    soft = body & (hu > -150) & (hu < BONE_HU) & below[:, None, None]
     out[soft & (out == 0)] = ABDOMEN_ID
     return out
 

@@ -240,6 +240,8 @@ def self_supervised_sample(image: sitk.Image, seed: int, labels: sitk.Image | No
 
 #: structure names of the label ids :func:`hu_region_labels` writes (mapped to regions by ``regions.py``)
 HU_REGION_NAMES = {1: "lung", 3: "bone"}
+#: HU from which a voxel inside the body counts as bone in :func:`hu_region_labels`
+BONE_HU = 250.0
 
 
 def body_and_lungs_hu(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
@@ -270,7 +272,7 @@ def hu_region_labels(image: sitk.Image) -> sitk.Image:
     hu = sitk.GetArrayViewFromImage(image)
     arr = np.zeros(hu.shape, np.uint8)
     arr[lungs] = 1
-    arr[body & (hu >= 250.0)] = 3
+    arr[body & (hu >= BONE_HU)] = 3
     out = sitk.GetImageFromArray(arr)
     out.CopyInformation(image)
     return out
