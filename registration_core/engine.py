@@ -256,13 +256,20 @@ def weights_provenance(path: str | None, sha256: str | None) -> dict | None:
 
 
 def register(fixed: sitk.Image, moving: sitk.Image, config: RegistrationConfig | None = None,
-             progress: bool = False) -> RegistrationResult:
+             progress: bool = False, start: sitk.Image | None = None) -> RegistrationResult:
     """Register ``moving`` (prior) to ``fixed`` (current) CT: images in HU, any grids/orientations (LPS mm).
 
     Returns a :class:`RegistrationResult` whose displacement lies on FIXED's exact grid (vector float64, mm):
     fixed point p corresponds to moving point p + d(p) (affine included). Raises
     :class:`RegistrationInputError` (one line) for unusable input or scans that do not overlap.
+
+    ``start``: a known total field in the same convention (3-component vector image, mm, LPS, any grid; values
+    beyond its grid are carried on from its edge) that instance optimisation starts from instead of the network's
+    field (which is then not run): a previous registration of the same pair, or -- in ``bench/steps`` -- the exact
+    field of a synthetic pair, the start a perfect network would give.
     """
+    if start is not None and start.GetNumberOfComponentsPerPixel() != 3:
+        raise ValueError(f"start field must have 3 components per voxel, not {start.GetNumberOfComponentsPerPixel()}")
     cfg = config or RegistrationConfig()
     t_all = time.perf_counter()
     check_image(fixed, "fixed (current) image")
@@ -273,7 +280,7 @@ def register(fixed: sitk.Image, moving: sitk.Image, config: RegistrationConfig |
     threads = _pick_threads(cfg, device)
     torch.set_num_threads(threads)
     try:
-        return _register(fixed, moving, cfg, progress, device, t_all)
+        return _register(fixed, moving, cfg, progress, device, t_all, start)
     finally:
         torch.set_num_threads(threads_before)
 
@@ -432,6 +439,18 @@ def network_stage(work: WorkingPair, cfg: RegistrationConfig, device) -> Network
     return NetworkStart(init_u, net_status, net_sha, weights.float(), work.grid)
 
 
+def start_on_grid(start: sitk.Image, aff: AffineResult, grid: WorkGrid, device) -> torch.Tensor:
+    """A total field ``start`` (fixed point p -> moving point p + d(p), mm, LPS; any grid, carried on from its edge)
+    as the deformable stage's residual on the working ``grid``: u with A(p + u(p)) = p + d(p), i.e.
+    u(p) = M^-1 (p + d(p) - c - t) + c - p for the affine A(x) = M (x - c) + c + t. Returns [1, 3, D, H, W] mm,
+    channels x/y/z."""
+    d = np.stack([grid.resample(sitk.VectorIndexSelectionCast(start, k, sitk.sitkFloat32), default=0.0,
+                                extrapolate=True) for k in range(3)], -1).astype(np.float64)   # [z, y, x, 3]
+    p = world_points(grid, "cpu", torch.float64).numpy()
+    u = (p + d - aff.center - aff.translation) @ np.linalg.inv(aff.matrix).T + aff.center - p
+    return torch.as_tensor(np.moveaxis(u, -1, 0)[None].astype(np.float32), device=device)
+
+
 def deformable_stage(work: WorkingPair, cfg: RegistrationConfig, init_u: torch.Tensor | None, fine_iters: int,
                      level_iters: tuple[int, ...], device, progress=None) -> tuple[torch.Tensor, dict]:
     """Instance optimisation from ``init_u`` (or zero): the MIND stage (``cfg.deformable == "mind"``,
@@ -472,7 +491,8 @@ class _Timer:
         return False
 
 
-def _register(fixed, moving, cfg: RegistrationConfig, progress: bool, device, t_all) -> RegistrationResult:
+def _register(fixed, moving, cfg: RegistrationConfig, progress: bool, device, t_all,
+              start: sitk.Image | None = None) -> RegistrationResult:
     """The pipeline as its stages: preprocess -> affine -> resample -> network -> deformable -> full resolution
     -> quality -> report (see :func:`register`)."""
     if device.type == "cuda":
@@ -494,8 +514,9 @@ def _register(fixed, moving, cfg: RegistrationConfig, progress: bool, device, t_
         report["affine"] = _check_affine(aff, fp, mp, cfg)
         with stage("resample", "resample"):          # working grid; moving resampled through the affine
             work = resample_stage(fixed, moving, fp, mp, aff, cfg, device)
-        with stage("network", "network"):            # skipped without weights
-            net_out = network_stage(work, cfg, device)
+        with stage("network", "network"):            # skipped without weights or with a given start
+            net_out = (NetworkStart(start_on_grid(start, aff, work.grid, device), "replaced by a given start field",
+                                    None) if start is not None else network_stage(work, cfg, device))
         report["network"], report["network_sha256"] = net_out.status, net_out.sha256
         report["weights"] = weights_provenance(net_out.status, net_out.sha256)
         bar.update(1)

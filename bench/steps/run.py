@@ -1,13 +1,14 @@
 """Accuracy versus instance-optimisation steps: network-initialised vs zero-initialised optimisation.
 
     python3 bench/steps/run.py [--weights W.safetensors] [--iterations 0 5 10 15 20 30 60] [--synthetic-seed 950 951]
-                               [--elastix] [--wholebody] [--out bench/steps/RESULTS.md]
+                               [--elastix] [--exact-start] [--wholebody] [--out bench/steps/RESULTS.md]
 
 For each case (the real lung pair, TRE on 51 landmarks + Dice of the lung masks; held-out synthetic whole-body
 pairs -- phantoms never used in training or model selection -- TRE on 100 landmarks + mean Dice of the 23 phantom
 labels) and each iteration count N (fine-level Adam steps; the coarse level runs 1.5 N), ``register`` runs twice:
 with the trained network's field as the starting point, and from zero (affine only). N = 0 is the network alone vs
-the affine alone. ``--elastix`` adds itk-elastix (affine + B-spline, default maps; ``bench/accuracy``) per case.
+the affine alone. ``--exact-start`` adds a third start on the synthetic pairs: their exact field (``register``'s
+``start``), i.e. what a perfect network would hand instance optimisation. ``--elastix`` adds itk-elastix (affine + B-spline, default maps; ``bench/accuracy``) per case.
 ``--wholebody`` also times affine + network alone on a 2 mm whole-body synthetic CT. Prints tables and writes
 RESULTS.md (commands, machine, numbers) and RESULTS.png (TRE against N per case). Finished runs are cached in ``bench/out/steps_cache.json`` under keys
 that include the engine settings and the weights file's hash, so a changed setting or checkpoint is re-run.
@@ -62,9 +63,10 @@ def _steps_to_match(rs) -> str:
     return ", ".join(out)
 
 
-def plot_curves(rows, elx: dict, path: Path) -> None:
-    """TRE (mm) against optimisation steps N, one panel per case: zero-init and network-init lines, elastix as a
-    horizontal reference. Written as PNG to ``path``."""
+def plot_curves(rows, elx: dict, path: Path, exact: dict | None = None) -> None:
+    """TRE (mm) against optimisation steps N, one panel per case: zero-init and network-init lines, the exact-field
+    start where measured (``exact``: {(case, N): result}), elastix as a horizontal reference. Written as PNG to
+    ``path``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -76,6 +78,10 @@ def plot_curves(rows, elx: dict, path: Path) -> None:
         ns = [n for n, _, _ in rs]
         ax.plot(ns, [r0["tre_mean_mm"] for _, r0, _ in rs], "o--", color="tab:gray", label="zero-init (affine start)")
         ax.plot(ns, [r1["tre_mean_mm"] for _, _, r1 in rs], "o-", color="tab:blue", label="network-init")
+        ex = [(n, exact[(name, n)]) for n in ns if exact and (name, n) in exact]
+        if ex:
+            ax.plot([n for n, _ in ex], [r["tre_mean_mm"] for _, r in ex], "s-", color="tab:green",
+                    label="exact-field start")
         if name in elx and elx[name]["tre_mean_mm"] < 3 * max(r0["tre_mean_mm"] for _, r0, _ in rs):
             ax.axhline(elx[name]["tre_mean_mm"], color="tab:red", ls=":", label="itk-elastix")
         elif name in elx:
@@ -86,7 +92,11 @@ def plot_curves(rows, elx: dict, path: Path) -> None:
         ax.set_ylabel("mean TRE (mm)")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    seen = {}
+    for ax in axes[0]:                       # one legend with every line drawn in any panel
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    axes[0][0].legend(list(seen.values()), list(seen.keys()), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -103,6 +113,8 @@ def main(argv=None) -> int:
     ap.add_argument("--synthetic-seed", type=int, nargs="+", default=[950, 951],
                     help="held-out phantom seeds (training uses 0-31, model selection 900-901)")
     ap.add_argument("--elastix", action="store_true", help="also run itk-elastix once per case (cached)")
+    ap.add_argument("--exact-start", action="store_true",
+                    help="also start the synthetic pairs from their exact field (a perfect network's start)")
     ap.add_argument("--synthetic-spacing", type=float, default=4.0)
     ap.add_argument("--no-synthetic", action="store_true")
     ap.add_argument("--wholebody", action="store_true", help="also time the network alone on a 2 mm whole-body CT")
@@ -118,12 +130,13 @@ def main(argv=None) -> int:
     cases = []
     f, m, p, q = lung_pair()
     fmask, mmask = lung_masks()
-    cases.append(("lung pair (real, 51 landmarks)", f, m, p, q, fmask, mmask, float(tre(None, p, q).mean())))
+    cases.append(("lung pair (real, 51 landmarks)", f, m, p, q, fmask, mmask, float(tre(None, p, q).mean()), None))
     for seed in ([] if args.no_synthetic else args.synthetic_seed):
         s = synthetic_pair(seed, args.synthetic_spacing)
         fp, fq = s.landmarks
         cases.append((f"synthetic phantom {seed} ({args.synthetic_spacing:g} mm, held out)", s.fixed,
-                      s.moving, fp, fq, s.fixed_labels, s.moving_labels, float(tre(None, fp, fq).mean())))
+                      s.moving, fp, fq, s.fixed_labels, s.moving_labels, float(tre(None, fp, fq).mean()),
+                      s.displacement))
     rows = []
     zc = Path(args.cache) if args.cache else None
     cache = json.loads(zc.read_text()) if zc and zc.is_file() else {}
@@ -138,8 +151,8 @@ def main(argv=None) -> int:
                 zc.write_text(json.dumps(cache, indent=1))
         return cache[key]
 
-    elx = {}
-    for name, fx, mv, p, q, fl, ml, ident in cases:
+    elx, exact = {}, {}
+    for name, fx, mv, p, q, fl, ml, ident, gt in cases:
         if args.elastix:
             elx[name] = cached(f"{name}|elastix", lambda: run_elastix(fx, mv, p, q, fl, ml))
             print(f"{name:45s} elastix TRE {elx[name]['tre_mean_mm']:6.2f} mm Dice {_dice(elx[name])} "
@@ -152,6 +165,10 @@ def main(argv=None) -> int:
             r1 = cached(f"{name}|network|{n}|{settings}|{net_key}",
                         lambda: run_case(fx, mv, p, q, args.weights, n, fl, ml))
             rows.append((name, n, r0, r1, ident))
+            if args.exact_start and gt is not None:
+                exact[(name, n)] = cached(f"{name}|exact|{n}|{settings}",
+                                          lambda: run_case(fx, mv, p, q, "none", n, fl, ml, start=gt))
+                print(f"{name:45s} N={n:3d}  exact-field start TRE {exact[(name, n)]['tre_mean_mm']:6.2f} mm", flush=True)
             print(f"{name:45s} N={n:3d}  zero-init TRE {r0['tre_mean_mm']:6.2f} mm ({r0['time_s']:5.1f} s)  "
                   f"network-init TRE {r1['tre_mean_mm']:6.2f} mm ({r1['time_s']:5.1f} s)"
                   + (f"  Dice {r0['dice_mean']:.3f} / {r1['dice_mean']:.3f}" if "dice_mean" in r0 else ""),
@@ -215,13 +232,23 @@ def main(argv=None) -> int:
         lines.append(f"| {name} | {cell(zero0)} | {cell(net0)} | {cell(e)} | {cell(z_end)} (N={nmax}) | "
                      f"{cell(n_end)} | {z_best['tre_mean_mm']:.2f} (N={n_best}) | {n_best} vs "
                      f"{first if first is not None else '> ' + str(nmax)} | {_steps_to_match(rs)} |")
+    if exact:
+        lines += ["", "## Starting from the exact field (a perfect network)", "",
+                  "The synthetic pairs' exact field handed to instance optimisation as its start (`register(..., "
+                  "start=...)`), against the two starts above: TRE mean mm at each N. N = 0 is the exact field "
+                  "itself (only the working grid's interpolation error).", "",
+                  "| case | N | zero-init | network-init | exact-field start |", "|---|---|---|---|---|"]
+        for name, n, r0, r1, _ in rows:
+            if (name, n) in exact:
+                lines.append(f"| {name} | {n} | {r0['tre_mean_mm']:.2f} | {r1['tre_mean_mm']:.2f} | "
+                             f"{exact[(name, n)]['tre_mean_mm']:.2f} |")
     if wb:
         lines += ["", f"Whole-body synthetic CT resampled to 2 mm ({wb['size'][0]}x{wb['size'][1]}x{wb['size'][2]} voxels): "
                   f"affine + network alone (`iterations=0`) {wb['time_s']:.1f} s in total, network stage "
                   f"{wb['network_s']:.2f} s (target < 20 s)."]
     png = Path(args.out).with_suffix(".png")
     png.parent.mkdir(parents=True, exist_ok=True)
-    plot_curves(rows, elx, png)
+    plot_curves(rows, elx, png, exact)
     lines += ["", f"Curves: `{png.name}` (TRE against N; elastix as a line, or as a note where it is off scale)."]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")

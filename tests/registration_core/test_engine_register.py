@@ -142,3 +142,30 @@ def test_bad_device_and_2d_are_one_line_errors():
         register(fixed[:, :, 3:4], fixed, RegistrationConfig(device="cpu"))
     with pytest.raises(RegistrationInputError, match="unknown device"):
         register(fixed, fixed, RegistrationConfig(device="tpu"))
+
+
+def test_given_start_field_passes_through_the_affine_exactly():
+    """A given start (fixed p -> moving p + d(p), mm) with no optimisation steps comes back as the result on the
+    fixed grid, whatever affine the engine found: u = M^-1 (p + d - c - t) + c - p inverts the affine exactly (the
+    linear field below is reproduced by trilinear interpolation to float precision); the network is not run."""
+    t = np.array([6.0, -4.0, 3.0])
+    fixed, _ = make()
+    moving, _ = make(transform_inv=lambda q: q - t)
+    # a start on its own coarser grid that the affine cannot explain: a shear of 2 % plus another shift
+    start = sitk.Image([40, 40, 40], sitk.sitkVectorFloat64, 3)
+    start.SetOrigin((-200.0, -200.0, -200.0))
+    start.SetSpacing((10.0, 10.0, 10.0))
+    pts_s = grid_points(start)
+    d_s = np.stack([0.02 * pts_s[..., 2] + 1.0, np.full(pts_s.shape[:3], -2.0), 0.01 * pts_s[..., 0]], -1)
+    start = sitk.GetImageFromArray(d_s, isVector=True)
+    start.SetOrigin((-200.0, -200.0, -200.0))
+    start.SetSpacing((10.0, 10.0, 10.0))
+    res = register(fixed, moving, RegistrationConfig(**{**FAST, "iterations": 0}), start=start)
+    pts = _body_points(fixed)
+    d = _map(res, pts) - pts
+    want = np.stack([0.02 * pts[:, 2] + 1.0, np.full(len(pts), -2.0), 0.01 * pts[:, 0]], -1)
+    assert np.abs(d - want).max() < 0.05
+    assert res.report["network"] == "replaced by a given start field"
+    assert res.report["weights"] is None and res.region_weights is None
+    with pytest.raises(ValueError, match="3 components"):
+        register(fixed, moving, RegistrationConfig(**FAST), start=sitk.Image([4, 4, 4], sitk.sitkFloat32))
