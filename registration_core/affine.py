@@ -51,6 +51,10 @@ class AffineResult:
         """Map fixed points [N, 3] (mm) to moving points."""
         return (pts - self.center) @ self.matrix.T + self.center + self.translation
 
+    def apply_inverse(self, pts: np.ndarray) -> np.ndarray:
+        """Map moving points [..., 3] (mm) back to fixed points: x = matrix^-1 (y - center - translation) + center."""
+        return (pts - self.center - self.translation) @ np.linalg.inv(self.matrix).T + self.center
+
 
 def _rot(axis: int, deg: float) -> np.ndarray:
     a = math.radians(deg)

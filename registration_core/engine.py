@@ -447,7 +447,7 @@ def start_on_grid(start: sitk.Image, aff: AffineResult, grid: WorkGrid, device) 
     d = np.stack([grid.resample(sitk.VectorIndexSelectionCast(start, k, sitk.sitkFloat32), default=0.0,
                                 extrapolate=True) for k in range(3)], -1).astype(np.float64)   # [z, y, x, 3]
     p = world_points(grid, "cpu", torch.float64).numpy()
-    u = (p + d - aff.center - aff.translation) @ np.linalg.inv(aff.matrix).T + aff.center - p
+    u = aff.apply_inverse(p + d) - p
     return torch.as_tensor(np.moveaxis(u, -1, 0)[None].astype(np.float32), device=device)
 
 

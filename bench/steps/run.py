@@ -165,14 +165,14 @@ def main(argv=None) -> int:
             r1 = cached(f"{name}|network|{n}|{settings}|{net_key}",
                         lambda: run_case(fx, mv, p, q, args.weights, n, fl, ml))
             rows.append((name, n, r0, r1, ident))
-            if args.exact_start and gt is not None:
-                exact[(name, n)] = cached(f"{name}|exact|{n}|{settings}",
-                                          lambda: run_case(fx, mv, p, q, "none", n, fl, ml, start=gt))
-                print(f"{name:45s} N={n:3d}  exact-field start TRE {exact[(name, n)]['tre_mean_mm']:6.2f} mm", flush=True)
             print(f"{name:45s} N={n:3d}  zero-init TRE {r0['tre_mean_mm']:6.2f} mm ({r0['time_s']:5.1f} s)  "
                   f"network-init TRE {r1['tre_mean_mm']:6.2f} mm ({r1['time_s']:5.1f} s)"
                   + (f"  Dice {r0['dice_mean']:.3f} / {r1['dice_mean']:.3f}" if "dice_mean" in r0 else ""),
                   flush=True)
+            if args.exact_start and gt is not None:
+                exact[(name, n)] = cached(f"{name}|exact|{n}|{settings}",
+                                          lambda: run_case(fx, mv, p, q, "none", n, fl, ml, start=gt))
+                print(f"{name:45s} N={n:3d}  exact-field start TRE {exact[(name, n)]['tre_mean_mm']:6.2f} mm", flush=True)
     if args.zero_only:
         return 0
     wb = None
