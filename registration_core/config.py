@@ -38,6 +38,13 @@ class RegistrationConfig:
     deformable: "mind" (default: MIND-SSC features, coupled-convex search, Adam refinement; see
         registration_core/deformable.py) or "lncc" (the earlier LNCC instance optimisation, level_factors).
     mind_radius / mind_dilation: MIND-SSC patch radius and neighbour distance (voxels of the working grid).
+    mind_var_floor: noise floor of MIND's local variance, as a share of its image mean
+        (:func:`registration_core.features.mind_ssc`): flat tissue no longer turns its noise into full-scale
+        descriptors that pull the field. 0.1 was chosen on the validation split (12 cases, default network start,
+        N = 60): mean TRE 0.664 -> 0.610 mm (10 of 12 better), mean field error 0.868 -> 0.704 mm (11 of 12),
+        Dice 0.935 -> 0.938; 0.03 gave 0.631 / 0.796, 0.15 0.623 / 0.708, 0.3 0.654 / 0.733. Real lung pair
+        unchanged (1.433 -> 1.432 mm). A weaker data term beside it (x0.7) gave validation 0.581 mm but cost the
+        lung pair 0.014 mm, and was left out. Before: 0.001 (MIND's usual clamp).
     search_spacing / search_half / max_search_voxels: discrete search grid (mm, raised so it holds at most
         max_search_voxels) and its range in coarse voxels each way (0 disables the search).
     max_refine_voxels: on CPU, the refinement levels are floored at the spacing where the working grid's box holds
@@ -92,6 +99,7 @@ class RegistrationConfig:
     deformable: str = "mind"
     mind_radius: int = 1
     mind_dilation: int = 2
+    mind_var_floor: float = 0.1
     search_spacing: float = 8.0
     search_half: int = 3
     max_search_voxels: int = 150_000

@@ -182,8 +182,8 @@ def optimise_deformable(f, m, weight, grid: WorkGrid, cfg, init_u=None, valid=No
     device = f.device
     u0 = init_u if init_u is not None else torch.zeros(1, 3, *f.shape[-3:], device=device)
     with torch.no_grad():
-        ff = mind_ssc(f, cfg.mind_radius, cfg.mind_dilation)
-        fm = mind_ssc(m, cfg.mind_radius, cfg.mind_dilation)
+        ff = mind_ssc(f, cfg.mind_radius, cfg.mind_dilation, cfg.mind_var_floor)
+        fm = mind_ssc(m, cfg.mind_radius, cfg.mind_dilation, cfg.mind_var_floor)
     info: dict = {"start_cost": mind_cost(ff, fm, u0, grid, weight)}
     if cfg.search_half > 0:
         with torch.no_grad():

@@ -29,10 +29,15 @@ def _shift(xp: torch.Tensor, off, d: int, shape) -> torch.Tensor:
     return xp[:, :, z:z + shape[0], y:y + shape[1], x:x + shape[2]]
 
 
-def mind_ssc(img: torch.Tensor, radius: int = 1, dilation: int = 2) -> torch.Tensor:
+def mind_ssc(img: torch.Tensor, radius: int = 1, dilation: int = 2, var_floor: float = 0.001) -> torch.Tensor:
     """MIND-SSC of ``img`` [N, 1, D, H, W] (any intensity scale): [N, 12, D, H, W] float, same device.
 
     radius: patch radius in voxels (window 2r+1); dilation: distance of the six neighbours in voxels.
+    var_floor: the local variance estimate (the mean of the 12 patch distances) is clamped from below at
+    ``var_floor`` x its mean over the image. MIND divides by it, so in flat tissue (fat, muscle, liver
+    parenchyma) the scan's noise alone would be scaled up to full-scale descriptors that differ between two scans
+    and pull the field; with a floor such voxels get near-constant descriptors and the field there follows the
+    regulariser. 0.001 was MIND's usual clamp (no floor in practice).
     """
     shape = img.shape[-3:]
     xp = F.pad(img, [dilation] * 6, mode="replicate")
@@ -43,7 +48,7 @@ def mind_ssc(img: torch.Tensor, radius: int = 1, dilation: int = 2) -> torch.Ten
     ssd = ssd - ssd.min(1, keepdim=True)[0]
     var = ssd.mean(1, keepdim=True)
     mv = float(var.mean())
-    var = var.clamp(mv * 0.001 + 1e-12, mv * 1000 + 1e-12)
+    var = var.clamp(mv * var_floor + 1e-12, mv * 1000 + 1e-12)
     return torch.exp(-ssd / var)
 
 

@@ -12,7 +12,9 @@ or any ``bench/accuracy`` case name (``val_abdorg_1``, ...). VARIANT:
   (12 mm box) MIND cost, box-blended;
 - ``searchnet``: the search from zero first, then the network on the prior warped by it, composed;
 - ``exact``: the case's exact field (``register(..., start=...)``: a perfect network's start);
-- ``oracle``: zero-init's own N = 60 result as the start.
+- ``oracle``: zero-init's own N = 60 result as the start;
+- ``towardA``: the network's total field moved a share A (0..1) of the way to the exact field,
+  ``net + A (exact - net)``: a network whose error is (1 - A) x the shipped one's, pattern kept.
 
 Exploratory: the variants other than ``zero``/``net``/``exact`` patch engine stages in this process only. Results
 of the 2026-12-05 runs are in MODEL_CARD.md (*Not done yet*).
@@ -25,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
@@ -66,8 +69,8 @@ def _patch_network_stage(variant: str):
             ns = orig(work, cfg, device)
             ns.start = _gauss(ns.start, float(variant[6:]) / work.spacing)
             return ns
-        ff = mind_ssc(work.f, cfg.mind_radius, cfg.mind_dilation)
-        fm = mind_ssc(work.m, cfg.mind_radius, cfg.mind_dilation)
+        ff = mind_ssc(work.f, cfg.mind_radius, cfg.mind_dilation, cfg.mind_var_floor)
+        fm = mind_ssc(work.m, cfg.mind_radius, cfg.mind_dilation, cfg.mind_var_floor)
         u_z = discrete_search(ff, fm, torch.zeros(1, 3, *work.f.shape[-3:]), work.grid, cfg.search_spacing,
                               cfg.search_half, cfg.max_search_voxels)
         if variant == "searchnet":
@@ -105,10 +108,17 @@ def main(argv=None) -> int:
         _patch_network_stage(base)
     if base == "exact":
         start = case.gt_displacement
+    elif base.startswith("toward"):
+        share = float(base[6:])
+        net = sitk.GetArrayFromImage(E.register(case.fixed, case.moving, RegistrationConfig(
+            device="cpu", iterations=0, **overrides)).displacement)
+        exact = sitk.GetArrayFromImage(case.gt_displacement)
+        start = sitk.GetImageFromArray(net + share * (exact - net), isVector=True)
+        start.CopyInformation(case.gt_displacement)
     elif base == "oracle":
         start = E.register(case.fixed, case.moving,
                            RegistrationConfig(device="cpu", iterations=60, weights="none")).displacement
-    weights = "none" if base in ("zero", "exact", "oracle") else None
+    weights = "none" if base in ("zero", "exact", "oracle") or base.startswith("toward") else None
     Path(args.log).parent.mkdir(parents=True, exist_ok=True)
     for n in args.iterations:
         t = time.perf_counter()

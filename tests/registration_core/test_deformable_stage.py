@@ -7,6 +7,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from registration_core.config import RegistrationConfig
 from registration_core.convex import cost_volume, coupled_convex
 from registration_core.deformable import discrete_search
 from registration_core.features import mind_ssc
@@ -31,6 +32,28 @@ def test_mind_is_structure_not_intensity():
     # ... while another structure changes it
     c = mind_ssc(_blobs(seed=1))
     assert float((a - c).pow(2).mean()) > 100 * float((a - b).pow(2).mean()) + 1e-3
+
+
+def test_mind_variance_floor_quiets_noise_in_flat_tissue_only():
+    """Two scans of the same anatomy with independent noise: half the volume flat tissue, half structure. Without
+    a floor MIND normalises the flat half's noise up to full-scale descriptors that differ between the scans (and
+    pull the field); the default floor keeps them close there and leaves the structured half's descriptors as they
+    were."""
+    rng = np.random.default_rng(5)
+    anatomy = 40.0 * _blobs((24, 28, 32), seed=2, sigma=1.5)
+    anatomy[..., :16] = 0.0                                   # x < 16: flat tissue
+    scans = [anatomy + torch.from_numpy(rng.normal(0, 0.4, anatomy.shape).astype(np.float32)) for _ in range(2)]
+
+    def mismatch(var_floor):
+        a, b = (mind_ssc(s, var_floor=var_floor) for s in scans)
+        d = (a - b).pow(2).mean(1)[0, 3:-3, 3:-3, 3:-3]
+        return float(d[..., :10].mean()), float(d[..., 19:].mean())   # flat, structured (away from the seam)
+
+    flat_raw, struct_raw = mismatch(0.001)
+    flat, struct = mismatch(RegistrationConfig().mind_var_floor)
+    assert flat < 0.25 * flat_raw, (flat, flat_raw)
+    assert flat_raw > 5 * struct_raw                           # the raw noise mismatch dwarfs the structure's
+    assert abs(struct - struct_raw) < 0.5 * struct_raw + 1e-4, (struct, struct_raw)
 
 
 def test_coupled_convex_recovers_a_shift_with_its_sign():
