@@ -28,6 +28,7 @@ from pynetdicom.sop_class import (
 )
 
 from node.errors import UserError
+from node.net import reactor_pause
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ def make_ae(calling_ae: str, timeout_s: float = 30.0) -> AE:
 
 
 def _associate(ae: AE, peer: Peer, what: str, **kwargs):
+    reactor_pause.install()  # a send_*() always gets its own response (node.net.reactor_pause)
     if peer.tls is not None:
         kwargs["tls_args"] = (peer.tls, peer.host)
     try:

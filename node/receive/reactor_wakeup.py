@@ -12,7 +12,8 @@ have work.
   hands it a primitive to send (its ``to_provider_queue``) or when it is told to stop;
 * an acceptor's association thread waits on its DIMSE message queue's condition, which pynetdicom notifies when
   a message is complete.  (A requestor's keeps its 1 ms sleep: its user thread pauses the reactor around every
-  ``send_*()`` and reads the response from that queue, and a reactor that woke on the response could take it.)
+  ``send_*()`` and reads the response from that queue, and a reactor that woke on the response could take it;
+  pynetdicom's own 1 ms poll has that race too, which :mod:`node.net.reactor_pause` closes.)
 
 Both waits still end after :data:`MAX_WAIT_S` (20 ms) so everything else the loops check (ARTIM and idle timers,
 release and abort requests, the stop flag) is seen as before, only with that latency instead of 1 ms.  Nothing

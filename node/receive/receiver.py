@@ -43,6 +43,7 @@ from pynetdicom import (ALL_TRANSFER_SYNTAXES, AE, PYNETDICOM_IMPLEMENTATION_UID
 from pynetdicom.sop_class import Verification
 from pynetdicom.utils import make_target
 
+from node.net import reactor_pause
 from node.ops import metrics
 from node.receive import _peer_guard, reactor_wakeup
 from node.receive.index import IndexWriter
@@ -111,6 +112,7 @@ class Receiver:
         """Start listening on node.host:node.port (non-blocking)."""
         n = self.cfg.node
         reactor_wakeup.install()  # pynetdicom's reactors wait for events instead of polling every 1 ms
+        reactor_pause.install()  # and a paused reactor never takes a send_*()'s response (node.net.reactor_pause)
         if not _peer_guard.install():  # timeouts from the first byte, PDU / data set limits (node.receive._peer_guard)
             raise RuntimeError("the DICOM listener cannot apply its limits against hostile peers with this "
                                "pynetdicom version (pyproject.toml pins pynetdicom 3.0.x)")
