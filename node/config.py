@@ -123,7 +123,12 @@ class CompletionSettings(_Strict):
 
 class PacsConfig(_Strict):
     """A PACS the node queries for priors: ``kind: dimse`` (C-FIND, study root; C-MOVE to the node, or C-GET) or
-    ``kind: dicomweb`` (QIDO-RS, then WADO-RS of the chosen series; :mod:`node.priors.dicomweb`)."""
+    ``kind: dicomweb`` (QIDO-RS, then WADO-RS of the chosen series; :mod:`node.priors.dicomweb`).
+
+    TLS: a dimse PACS with ``tls: true`` is reached over DICOM TLS (TLS >= 1.2; PS3.15 B.1), its certificate
+    checked against ``host`` and ``ca_file`` (default: the system's CAs); a dicomweb PACS by its ``https://`` url.
+    Either way ``client_cert`` + ``client_key`` (PEM) are the node's certificate, presented when the PACS asks for
+    one (mutual TLS). A C-MOVE comes back to the node's own listener: over TLS when ``node.tls`` is set."""
 
     name: str
     kind: Literal["dimse", "dicomweb"] = "dimse"
@@ -133,15 +138,16 @@ class PacsConfig(_Strict):
     retrieve: Literal["move", "get"] = "move"
     move_destination: str | None = None  # AE title the PACS knows the node by; default: node.ae_title
     timeout_s: float = Field(600.0, gt=0)  # dimse: one retrieve; dicomweb: one WADO-RS series retrieve
+    tls: bool = False  # dimse: associations over DICOM TLS (certificates below)
     # dicomweb: the service root (QIDO/WADO/STOW below it, e.g. https://pacs.example.org/dicom-web)
     url: str | None = None
     auth: Literal["none", "basic", "bearer"] = "none"
     username: str | None = None  # auth: basic
     password: str | None = None  # auth: basic
     token: str | None = None  # auth: bearer
-    client_cert: Path | None = None  # mTLS: the node's certificate (PEM) ...
+    client_cert: Path | None = None  # mTLS (dicomweb, or dimse with tls): the node's certificate (PEM) ...
     client_key: Path | None = None  # ... and its key (PEM)
-    ca_file: Path | None = None  # the CA bundle that signed the archive's certificate (default: the system's)
+    ca_file: Path | None = None  # the CA bundle that signed the PACS's certificate (default: the system's)
     connect_timeout_s: float = Field(10.0, gt=0, le=600)
     read_timeout_s: float = Field(60.0, gt=0, le=3600)  # longest wait for the next bytes of one answer
     retries: int = Field(2, ge=0, le=10)  # further attempts after a connection error, timeout, 429 or 5xx
@@ -161,8 +167,12 @@ class PacsConfig(_Strict):
                 raise ValueError("auth: basic needs username and password")
             if self.auth == "bearer" and not self.token:
                 raise ValueError("auth: bearer needs token")
-            if (self.client_cert is None) != (self.client_key is None):
-                raise ValueError("mTLS needs both client_cert and client_key")
+            if self.tls:
+                raise ValueError("a dicomweb PACS uses TLS through an https:// url, not tls: true")
+        elif (self.client_cert or self.ca_file) and not self.tls:
+            raise ValueError("client_cert, client_key and ca_file of a dimse PACS need tls: true")
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("mTLS needs both client_cert and client_key")
         return self
 
 

@@ -8,7 +8,8 @@ Usage::
         orthanc.client()                  # pyorthanc.Orthanc on the REST API
 
 The DICOMweb plugin is loaded (``/dicom-web``); every listed modality may C-ECHO/C-FIND/C-MOVE/C-GET/C-STORE; unknown
-callers may C-FIND and C-GET too (tests call from ad-hoc AE titles). ``stop()`` sends SIGTERM and waits.
+callers may C-FIND and C-GET too (tests call from ad-hoc AE titles). ``dicom_tls`` makes its DICOM port TLS-only.
+``stop()`` sends SIGTERM and waits.
 """
 from __future__ import annotations
 
@@ -36,8 +37,11 @@ class OrthancServer:
     """One Orthanc process on free loopback ports with storage under ``workdir``."""
 
     def __init__(self, workdir: str | Path, *, aet: str = "ORTHANC",
-                 modalities: dict[str, tuple[str, str, int]] | None = None, dicomweb: bool = True) -> None:
+                 modalities: dict[str, tuple[str, str, int]] | None = None, dicomweb: bool = True,
+                 dicom_tls: dict | None = None) -> None:
         self.workdir = Path(workdir)
+        # DICOM TLS on Orthanc's SCP (then TLS only): {"cert", "key", "trusted" (PEM paths), "require_client_cert"}
+        self.dicom_tls = dicom_tls
         self.aet = aet
         self.modalities = dict(modalities or {})
         self.dicomweb = dicomweb and DICOMWEB_PLUGIN.exists()
@@ -97,6 +101,11 @@ class OrthancServer:
             "LimitFindInstances": 0,
             "UnknownSopClassAccepted": True,
         }
+        if self.dicom_tls:
+            cfg.update({"DicomTlsEnabled": True, "DicomTlsCertificate": str(self.dicom_tls["cert"]),
+                        "DicomTlsPrivateKey": str(self.dicom_tls["key"]),
+                        "DicomTlsTrustedCertificates": str(self.dicom_tls["trusted"]),
+                        "DicomTlsRemoteCertificateRequired": bool(self.dicom_tls.get("require_client_cert"))})
         return cfg
 
     def start(self, timeout_s: float = 30.0) -> "OrthancServer":

@@ -138,6 +138,10 @@ def _associate(ae: AE, peer: Peer, what: str, **kwargs):
     if assoc.is_rejected:
         raise DimseError(f"{what}: {peer} rejected the association (check the AE titles configured on both sides)",
                          kind="rejected")
+    if peer.tls is not None:
+        raise DimseError(f"{what}: cannot reach {peer} over TLS (connection refused or timed out, or the TLS "
+                         f"handshake failed: check the peer's certificate against ca_file, and client_cert/client_key "
+                         f"if it requires one)", kind="unreachable")
     raise DimseError(f"{what}: cannot reach {peer} (connection refused, timed out or aborted)", kind="unreachable")
 
 

@@ -10,8 +10,9 @@ from typing import Protocol, runtime_checkable
 
 from pydicom.dataset import Dataset
 
-from node.config import NodeConfig, PacsConfig
+from node.config import NodeConfig, PacsConfig, TlsSettings
 from node.net import dimse
+from node.net.tls import TlsConfigError, client_context
 from node.priors import dicomweb
 from node.store.header import parse_is, series_summary_of, study_summary_of, summary_from_files
 from node.store.study import SeriesSummary, StudySummary
@@ -63,8 +64,18 @@ class FolderSink:
         return summary_from_files(files) if files else None
 
 
-def _peer(pacs: PacsConfig) -> dimse.Peer:
-    return dimse.Peer(pacs.ae_title, pacs.host, pacs.port, name=pacs.name)
+def pacs_peer(pacs: PacsConfig) -> dimse.Peer:
+    """The DIMSE peer of a ``kind: dimse`` PACS; with ``tls: true`` its associations run over TLS (TLS >= 1.2),
+    the PACS's certificate checked against ``host`` and ``ca_file`` (else the system's CAs), the node's
+    ``client_cert``/``client_key`` presented when it asks for one."""
+    ctx = None
+    if pacs.tls:
+        mine = TlsSettings(cert_file=pacs.client_cert, key_file=pacs.client_key) if pacs.client_cert else None
+        try:
+            ctx = client_context(mine, ca_file=pacs.ca_file)
+        except TlsConfigError as exc:  # a settings problem, not a network one: not retried
+            raise dimse.DimseError(f"the TLS files of PACS '{pacs.name}' cannot be used: {exc}") from None
+    return dimse.Peer(pacs.ae_title, pacs.host, pacs.port, name=pacs.name, tls=ctx)
 
 
 def query_pacs_studies(cfg: NodeConfig, pacs: PacsConfig, current: StudySummary) -> list[StudySummary]:
@@ -85,7 +96,7 @@ def query_pacs_studies(cfg: NodeConfig, pacs: PacsConfig, current: StudySummary)
     q.StudyDescription = ""
     q.AccessionNumber = ""
     q.ModalitiesInStudy = ""
-    answers = dimse.find(_peer(pacs), cfg.node.ae_title, q, timeout_s=min(pacs.timeout_s, 120.0))
+    answers = dimse.find(pacs_peer(pacs), cfg.node.ae_title, q, timeout_s=min(pacs.timeout_s, 120.0))
     out = []
     for ident in answers:
         st = study_summary_of(ident, source=pacs.name)
@@ -108,7 +119,7 @@ def query_pacs_series(cfg: NodeConfig, pacs: PacsConfig, study: StudySummary) ->
     q.SeriesNumber = ""
     q.BodyPartExamined = ""
     q.NumberOfSeriesRelatedInstances = ""
-    answers = dimse.find(_peer(pacs), cfg.node.ae_title, q, timeout_s=min(pacs.timeout_s, 120.0))
+    answers = dimse.find(pacs_peer(pacs), cfg.node.ae_title, q, timeout_s=min(pacs.timeout_s, 120.0))
     return [series_summary_of(a, n_instances=parse_is(a.get("NumberOfSeriesRelatedInstances")) or 0)
             for a in answers if a.get("SeriesInstanceUID")]
 
@@ -120,7 +131,7 @@ def retrieve_series(cfg: NodeConfig, pacs: PacsConfig, study_uid: str, series_ui
     if pacs.kind == "dicomweb":
         return dicomweb.retrieve_series(cfg, pacs, study_uid, series_uid, sink)
     sink.expect(study_uid)
-    peer = _peer(pacs)
+    peer = pacs_peer(pacs)
     if pacs.retrieve == "get":
         return dimse.get(peer, cfg.node.ae_title, study_uid, series_uid, sink.store, timeout_s=pacs.timeout_s)
     dest = pacs.move_destination or cfg.node.ae_title
