@@ -14,9 +14,12 @@ or any ``bench/accuracy`` case name (``val_abdorg_1``, ...). VARIANT:
 - ``exact``: the case's exact field (``register(..., start=...)``: a perfect network's start);
 - ``oracle``: zero-init's own N = 60 result as the start;
 - ``towardA``: the network's total field moved a share A (0..1) of the way to the exact field,
-  ``net + A (exact - net)``: a network whose error is (1 - A) x the shipped one's, pattern kept.
+  ``net + A (exact - net)``: a network whose error is (1 - A) x the shipped one's, pattern kept;
+- ``flip``: test-time augmentation: each network pass averaged with the pass on both images mirrored left-right
+  (its field mirrored back, x component negated; region weights likewise).
 
-Exploratory: ``smoothS``, ``fuse`` and ``searchnet`` patch the engine's network stage in this process only;
+Exploratory: ``smoothS``, ``fuse`` and ``searchnet`` patch the engine's network stage, ``flip`` its network, in
+this process only;
 ``exact``, ``oracle`` and ``towardA`` hand ``register`` a start field (the network is then not run). Results of the
 2026-12-05 runs are in MODEL_CARD.md (*Measured accuracy*).
 """
@@ -50,6 +53,31 @@ def _gauss(u: torch.Tensor, sigma_vox: float) -> torch.Tensor:
     out = ndimage.gaussian_filter(u.double().numpy(), sigma=(0, 0, sigma_vox, sigma_vox, sigma_vox), mode="nearest",
                                   truncate=3.0)
     return torch.from_numpy(out).to(u.dtype)
+
+
+class _FlipAveraged(torch.nn.Module):
+    """The network averaged with itself on left-right mirrored inputs (fields in voxels, channel 0 = x)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, f, m):
+        d, w, sub = self.net(f, m)
+        d2, w2, _ = self.net(f.flip(-1), m.flip(-1))
+        d2 = d2.flip(-1).clone()
+        d2[:, 0] = -d2[:, 0]
+        return (d + d2) / 2, (w + w2.flip(-1)) / 2, sub
+
+
+def _patch_network_flip():
+    """Wrap the engine's loaded network in :class:`_FlipAveraged`."""
+    orig = E._load_net
+
+    def load(cfg, device):
+        net, status, sha = orig(cfg, device)
+        return (_FlipAveraged(net) if net is not None else None), status, sha
+    E._load_net = load
 
 
 def _patch_network_stage(variant: str):
@@ -99,6 +127,8 @@ def main(argv=None) -> int:
     start = None
     if base in ("fuse", "searchnet") or base.startswith("smooth"):
         _patch_network_stage(base)
+    if base == "flip":
+        _patch_network_flip()
     if base == "exact":
         start = case.gt_displacement
     elif base.startswith("toward"):
