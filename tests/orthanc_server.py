@@ -189,11 +189,13 @@ class OrthancServer:
             return []
         return self.get(f"/studies/{hits[0]['ID']}/series")
 
-    def add_modality(self, name: str, ae: str, host: str, port: int) -> None:
-        """Declare (or change) a DICOM modality at run time over REST."""
+    def add_modality(self, name: str, ae: str, host: str, port: int, *, tls: bool = False) -> None:
+        """Declare (or change) a DICOM modality at run time over REST (``tls``: Orthanc's associations to it run
+        over DICOM TLS, with its ``dicom_tls`` certificate)."""
         r = httpx.put(f"{self.http_url}/modalities/{name}",
                       json={"AET": ae, "Host": host, "Port": port, "AllowEcho": True, "AllowFind": True,
-                            "AllowMove": True, "AllowGet": True, "AllowStore": True}, timeout=30.0)
+                            "AllowMove": True, "AllowGet": True, "AllowStore": True, "UseDicomTls": tls},
+                      timeout=30.0)
         r.raise_for_status()
 
 

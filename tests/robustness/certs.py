@@ -60,16 +60,18 @@ class CA:
                      .sign(self.key, hashes.SHA256()))
         self.pair = _write(folder, name.replace(" ", "_").lower(), self.cert, self.key)
 
-    def issue(self, stem: str, cn: str, *, server: bool) -> Pair:
-        """A leaf certificate (server: SAN 127.0.0.1 + localhost, serverAuth; else clientAuth)."""
+    def issue(self, stem: str, cn: str, *, server: bool, client_too: bool = False) -> Pair:
+        """A leaf certificate (server: SAN 127.0.0.1 + localhost, serverAuth, and clientAuth with ``client_too``,
+        as a PACS that is both SCP and SCU presents; else clientAuth)."""
         key = ec.generate_private_key(ec.SECP256R1())
+        usages = ([ExtendedKeyUsageOID.SERVER_AUTH] + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client_too else [])
+                  if server else [ExtendedKeyUsageOID.CLIENT_AUTH])
         now = _dt.datetime.now(_dt.timezone.utc)
         b = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(self.cert.subject)
              .public_key(key.public_key()).serial_number(x509.random_serial_number())
              .not_valid_before(now - _dt.timedelta(hours=1)).not_valid_after(now + _dt.timedelta(days=1))
              .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server
-                                                   else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
+             .add_extension(x509.ExtendedKeyUsage(usages), critical=False))
         if server:
             b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
                                                              x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),

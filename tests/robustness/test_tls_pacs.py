@@ -8,6 +8,7 @@ and the console's check of the PACS (C-ECHO) tells the same.
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,8 @@ from node.web.system import check_peer
 from orthanc_server import OrthancServer, orthanc_available, small_ct_study
 
 from .certs import CA
+from .conftest import nodefx
+from .support import db_of, held_instances
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.skipif(not orthanc_available(), reason="Orthanc not installed")]
 
@@ -29,7 +32,7 @@ def tls_pacs(tmp_path_factory):
     """An Orthanc whose DICOM port is TLS-only and requires a client certificate signed by the site CA."""
     d = tmp_path_factory.mktemp("tlspacs")
     ca, rogue = CA(d / "ca", "Site CA"), CA(d / "rogue", "Rogue CA")
-    server = ca.issue("orthanc", "ORTHANC", server=True)
+    server = ca.issue("orthanc", "ORTHANC", server=True, client_too=True)  # SCP, and SCU for C-MOVE
     node = ca.issue("node", "TOTALREG", server=False)
     stranger = rogue.issue("stranger", "TOTALREG", server=False)
     orthanc = OrthancServer(d / "orthanc", dicom_tls={"cert": server.cert, "key": server.key,
@@ -37,7 +40,8 @@ def tls_pacs(tmp_path_factory):
     orthanc.start()
     files = small_ct_study(d / "prior", patient_id="TLS-1", patient_name="Tls^Pat", study_date="20230105", seed=4)
     orthanc.upload(files)
-    yield {"orthanc": orthanc, "ca": ca, "rogue": rogue, "node": node, "stranger": stranger, "files": files}
+    yield {"orthanc": orthanc, "ca": ca, "rogue": rogue, "node": node, "stranger": stranger, "files": files,
+           "node_server": ca.issue("node-server", "TOTALREG", server=True), "dir": d}
     orthanc.stop()
 
 
@@ -61,6 +65,38 @@ def test_prior_found_and_retrieved_over_mutual_tls(tls_pacs, tmp_path):
     assert len(d.priors[0].series[0].paths) == len(tls_pacs["files"]) and "C-GET" in d.notes[-1]
     check = check_peer(_cfg(tls_pacs), "pacs", "tls-pacs")
     assert check.ok and "success" in check.message
+
+
+def test_cmove_comes_back_over_tls_into_the_node_listener(tls_pacs, tmp_path):
+    """retrieve: move with a TLS-only node listener that requires client certificates: Orthanc opens the C-MOVE's
+    association to the node over TLS with its own certificate, the node stores and indexes every instance."""
+    from node.receive.receiver import Receiver
+    from node.service import make_spool
+    from node.work.steps import SpoolSink
+
+    p, ns = tls_pacs, tls_pacs["node_server"]
+    o = p["orthanc"]
+    pacs = dict(name="tls-pacs", ae_title=o.aet, host="127.0.0.1", port=o.dicom_port, retrieve="move",
+                timeout_s=30, tls=True, ca_file=str(p["ca"].pair.cert), client_cert=str(p["node"].cert),
+                client_key=str(p["node"].key))
+    cfg, _ = nodefx.write_node_config(tmp_path, pacs=[pacs], node={"tls": {
+        "cert_file": str(ns.cert), "key_file": str(ns.key), "ca_file": str(p["ca"].pair.cert),
+        "require_client_cert": True}})
+    o.add_modality("node", "TOTALREG", "127.0.0.1", cfg.node.port, tls=True)
+    db = db_of(cfg)
+    spool = make_spool(cfg)
+    rcv = Receiver(cfg, db, spool)
+    rcv.start()
+    try:
+        d = find_priors(cfg, RULE, _current(), [], retrieve_into=SpoolSink(cfg, db, spool))
+        assert len(d.priors) == 1, d.reason
+        assert "C-MOVE" in d.notes[-1]
+        paths = d.priors[0].series[0].paths
+        assert len(paths) == len(p["files"]) and all(Path(x).is_file() for x in paths)
+        assert len(held_instances(db)) == len(p["files"])
+    finally:
+        rcv.stop()
+        db.dispose()
 
 
 @pytest.mark.parametrize("case", ["plain", "untrusted_pacs", "no_client_cert", "rogue_client_cert"])
