@@ -46,8 +46,8 @@ class Dicom(DestinationKind):
     required = ("ae_title", "host", "port")
 
     def address(self, dest) -> str:
-        """AE@host:port."""
-        return f"{dest.ae_title}@{dest.host}:{dest.port}"
+        """AE@host:port, and "over TLS" when it is."""
+        return f"{dest.ae_title}@{dest.host}:{dest.port}" + (" over TLS" if dest.tls else "")
 
     def send(self, dest, files: list[Path], *, calling_ae: str, timeout_s: float) -> int:
         """One association, every file C-STOREd; instances acknowledged (DimseError on failure)."""

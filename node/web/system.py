@@ -44,7 +44,8 @@ class PeerCheck:
 def peers(cfg: NodeConfig) -> list[tuple[str, str, str, str]]:
     """(kind, name, address, check button's word) of every configured PACS and destination; kind 'pacs' or
     'destination'. A destination's address and button come from its kind (:mod:`node.destinations`)."""
-    out = [("pacs", p.name, f"dicomweb: {p.url}" if p.kind == "dicomweb" else f"{p.ae_title}@{p.host}:{p.port}",
+    out = [("pacs", p.name, f"dicomweb: {p.url}" if p.kind == "dicomweb"
+            else f"{p.ae_title}@{p.host}:{p.port}" + (" over TLS" if p.tls else ""),
             "Check" if p.kind == "dicomweb" else "Echo") for p in cfg.pacs]
     for d in cfg.destinations:
         kind = destinations.get(d.kind)

@@ -15,7 +15,7 @@ import pytest
 from node.config import NodeConfig, PacsConfig, Rule
 from node.priors.choice import find_priors
 from node.store.study import PatientIdentity, SeriesSummary, StudySummary
-from node.web.system import check_peer
+from node.web.system import check_peer, peers
 from orthanc_server import OrthancServer, orthanc_available, small_ct_study
 
 from .certs import CA
@@ -65,6 +65,10 @@ def test_prior_found_and_retrieved_over_mutual_tls(tls_pacs, tmp_path):
     assert len(d.priors[0].series[0].paths) == len(tls_pacs["files"]) and "C-GET" in d.notes[-1]
     check = check_peer(_cfg(tls_pacs), "pacs", "tls-pacs")
     assert check.ok and "success" in check.message
+    o = tls_pacs["orthanc"]  # the console's peers table says how the PACS is reached
+    assert peers(_cfg(tls_pacs))[0] == ("pacs", "tls-pacs", f"{o.aet}@127.0.0.1:{o.dicom_port} over TLS", "Echo")
+    assert peers(_cfg(tls_pacs, tls=False, ca_file=None, client_cert=None, client_key=None))[0][2] == \
+        f"{o.aet}@127.0.0.1:{o.dicom_port}"
 
 
 def test_cmove_comes_back_over_tls_into_the_node_listener(tls_pacs, tmp_path):
