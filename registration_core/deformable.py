@@ -9,7 +9,8 @@ applied *before* the affine: fixed point x -> moving point A(x + u(x)).
    contrast phase or noise change between the scans does not pull the field.
 2. **Discrete search** (:mod:`.convex`): features averaged onto a coarse grid (``search_spacing`` mm), a cost
    volume over integer offsets within +-``search_half`` coarse voxels around the start field, and coupled convex
-   regularisation; the result (smooth, large-range) becomes the start of step 3 wherever it lowers the cost.
+   regularisation; the result (smooth, large-range) becomes the start of step 3 if it lowers the cost (by at
+   least ``search_min_gain`` of it when there is a start field: the network already holds the large motion).
 3. **Adam refinement**, coarse to fine (``spacings``): at each level a dense field on a control grid
    (``control_factor`` x the level spacing), smoothed by 3^3 box means and upsampled; loss = masked mean squared
    MIND difference (+ ``lncc_weight`` x the LNCC of the intensities) + ``smoothness`` x diffusion + ``bending`` x
@@ -190,9 +191,12 @@ def optimise_deformable(f, m, weight, grid: WorkGrid, cfg, init_u=None, valid=No
             u_s = discrete_search(ff, fm, u0, grid, cfg.search_spacing, cfg.search_half, cfg.max_search_voxels)
             c_s = mind_cost(ff, fm, u_s, grid, weight)
         info["search_cost"] = c_s
-        if c_s < info["start_cost"]:
+        # around a start field the search must clearly beat it (cfg.search_min_gain); from the affine, any gain
+        need = 1.0 - (cfg.search_min_gain if init_u is not None else 0.0)
+        used = c_s < info["start_cost"] * need
+        if used:
             u0 = u_s
-        info["search_used"] = bool(c_s < info["start_cost"])
+        info["search_used"] = bool(used)
     fine = 60 if cfg.iterations is None else int(cfg.iterations)
     best = None
     # on large bodies the finest level is coarser than the feature grid: it holds at most ``max_refine_voxels``

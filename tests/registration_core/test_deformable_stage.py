@@ -201,3 +201,27 @@ def test_field_keeps_its_slope_where_the_data_ends():
     lo, hi, mid = errors["default"]
     assert lo < 0.5 * lo_d and hi < 0.6 * hi_d, errors                   # the last slices with data keep the slope
     assert lo < 0.15 and hi < 0.15 and mid < 0.4, errors
+
+
+def test_search_must_clearly_beat_a_start_field():
+    """Around a start that already holds the motion, the whole-voxel search only fits noise: it must lower the
+    MIND cost by ``search_min_gain`` to replace the start. A start that missed the motion is replaced; without a
+    start (the affine alone) any decrease counts, as before."""
+    from registration_core.deformable import optimise_deformable
+
+    shape = (32, 32, 32)
+    img = _blobs(shape, sigma=2.0, seed=5)
+    grid = WorkGrid((0.0, 0.0, 0.0), 2.0, (shape[2], shape[1], shape[0]))
+    mov = torch.roll(img, shifts=(-2, 0, 2), dims=(2, 3, 4))  # fixed x matches moving x + (4, 0, -4) mm
+    w = torch.ones(1, 1, *shape)
+    cfg = RegistrationConfig(device="cpu", iterations=1, search_half=2, search_spacing=4.0,
+                             schedules_mm=((4.0, 2.0),))
+    assert cfg.search_min_gain == pytest.approx(0.1)
+    exact = torch.tensor([4.0, 0.0, -4.0]).view(1, 3, 1, 1, 1).expand(1, 3, *shape).clone()
+    _, good = optimise_deformable(img, mov, w, grid, cfg, init_u=exact)
+    assert good["search_cost"] > good["start_cost"] * (1 - cfg.search_min_gain)
+    assert good["search_used"] is False
+    _, missed = optimise_deformable(img, mov, w, grid, cfg, init_u=torch.zeros(1, 3, *shape))
+    assert missed["search_cost"] < 0.9 * missed["start_cost"] and missed["search_used"] is True
+    _, affine_only = optimise_deformable(img, mov, w, grid, cfg)
+    assert affine_only["search_used"] is True
