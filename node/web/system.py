@@ -12,9 +12,8 @@ import time
 from dataclasses import dataclass
 
 from node import destinations
-from node.config import NodeConfig
-from node.net.dimse import DimseError, Peer, echo, status_text
-from node.net.tls import TlsConfigError
+from node.config import NodeConfig, PacsConfig
+from node.net.dimse import DimseError, echo, status_text
 from node.priors import dicomweb
 from node.priors.pacs import pacs_peer
 
@@ -63,16 +62,16 @@ def check_peer(cfg: NodeConfig, kind: str, name: str, timeout_s: float = 5.0) ->
         if p.kind == "dicomweb":
             ok, msg = dicomweb.check(p, timeout_s)
         else:
-            ok, msg = _echo(cfg, pacs_peer(p), timeout_s)
+            ok, msg = _echo(cfg, p, timeout_s)
     else:
         d = cfg.destination(name)
         ok, msg = destinations.get(d.kind).check(d, calling_ae=cfg.node.ae_title, timeout_s=timeout_s)
     return PeerCheck(ok, msg, time.time(), time.monotonic() - t0)
 
 
-def _echo(cfg: NodeConfig, peer: Peer, timeout_s: float) -> tuple[bool, str]:
-    try:
-        status = echo(peer, cfg.node.ae_title, timeout_s=timeout_s)
-    except (DimseError, TlsConfigError) as exc:
+def _echo(cfg: NodeConfig, pacs: PacsConfig, timeout_s: float) -> tuple[bool, str]:
+    try:  # building the peer reads its TLS files: a file that cannot be used is a failed check, said in words
+        status = echo(pacs_peer(pacs), cfg.node.ae_title, timeout_s=timeout_s)
+    except DimseError as exc:
         return False, str(exc)
     return status == 0, "C-ECHO answered (success)" if status == 0 else f"C-ECHO answered {status_text(status)}"

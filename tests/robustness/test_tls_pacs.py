@@ -134,3 +134,5 @@ def test_unreadable_tls_file_is_a_settings_failure(tmp_path):
     d = find_priors(cfg, RULE, _current(), [], retrieve_into=tmp_path / "got")
     assert d.priors == [] and "TLS files of PACS 'tls-pacs' cannot be used" in d.reason, d.reason
     assert "missing.pem" in d.reason
+    check = check_peer(cfg, "pacs", "tls-pacs")  # the console's check answers in words, it does not raise
+    assert not check.ok and "TLS files of PACS 'tls-pacs' cannot be used" in check.message
