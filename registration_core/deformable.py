@@ -196,7 +196,7 @@ def optimise_deformable(f, m, weight, grid: WorkGrid, cfg, init_u=None, valid=No
         used = c_s < info["start_cost"] * need
         if used:
             u0 = u_s
-        info["search_used"] = bool(used)
+        info["search_used"] = used
     fine = 60 if cfg.iterations is None else int(cfg.iterations)
     best = None
     # on large bodies the finest level is coarser than the feature grid: it holds at most ``max_refine_voxels``

@@ -9,8 +9,9 @@ later - takes the response off the queue, logs "Received unexpected C-ECHO servi
 sender then waits out the whole DIMSE timeout and aborts the association (pynetdicom issues #435 and #875 report
 the symptom).  The window is a few bytecodes wide, so it is hit when the process is busy:
 ``bench/receive/reactor_pause.py`` (C-ECHOs on one association while three threads compete for the GIL) loses
-about 1 % of round trips with pynetdicom as is, none with this guard.  For the node that is a result send or a prior's C-MOVE that hangs for
-``dimse_timeout_s`` and is retried, exactly while a registration keeps the process busy.
+about 1 % of round trips with pynetdicom as is, none with this guard.  For the node that is a result send or a
+prior's C-MOVE that hangs for ``dimse_timeout_s`` and is retried, exactly while a registration keeps the process
+busy.
 
 :func:`install` wraps ``DIMSEServiceProvider.get_msg``: the reactor's own non-blocking poll (the only caller
 that does not block) takes nothing while its checkpoint is cleared, i.e. while a ``send_*()`` owns the queue.
@@ -40,8 +41,8 @@ def install() -> bool:
             return True
         from pynetdicom import association as assoc_mod
         from pynetdicom.dimse import DIMSEServiceProvider
-        if not hasattr(assoc_mod.Association, "_serve_request") or \
-                not hasattr(DIMSEServiceProvider, "get_msg"):
+        # the reactor loop whose non-blocking poll is guarded, and the poll itself
+        if not hasattr(assoc_mod.Association, "_run_reactor") or not hasattr(DIMSEServiceProvider, "get_msg"):
             log.warning("pynetdicom's reactor is not what node.net.reactor_pause expects; its pause stays as is")
             return False
         orig_get_msg = DIMSEServiceProvider.get_msg
